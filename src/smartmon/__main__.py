@@ -1,0 +1,3 @@
+from smartmon.cli import main
+
+main()
