@@ -1,0 +1,92 @@
+"""The Litestar application factory. Nothing happens at import time."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+from litestar import Litestar, get
+from litestar.config.cors import CORSConfig
+from litestar.datastructures import State
+from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+
+from smartmon import __version__
+from smartmon.server import store
+from smartmon.server.auth import LoginLimiter, TokenSigner
+from smartmon.server.db import Database
+from smartmon.server.errors import handle_exception
+from smartmon.server.ingest import Ingest
+from smartmon.server.middleware import decompress_requests, security_headers
+from smartmon.server.routes import auth, dashboard, monitor, tokens, users
+from smartmon.server.routes.monitor import INGEST_GROUP
+from smartmon.server.state import ServerState, server_state
+from smartmon.settings import ServerSettings
+
+log = logging.getLogger("smartmon.server")
+PRUNE_EVERY_S = 600.0
+
+
+@get("/api/health", tags=["meta"])
+async def health() -> dict[str, str]:
+    """Liveness probe."""
+    return {"status": "ok", "version": __version__}
+
+
+async def _prune_forever(server: ServerState) -> None:
+    while True:
+        before = time.time() - server.settings.retention_days * 86400
+        try:
+            await server.db.write(lambda conn: store.prune(conn, before))
+        except Exception as exc:  # keep serving; try again next round
+            log.warning("pruning old history failed: %s", exc)
+        await asyncio.sleep(PRUNE_EVERY_S)
+
+
+def create_app(settings: ServerSettings) -> Litestar:
+    """Build the app; the database opens in the lifespan, on app.state.server."""
+    secret = settings.load_jwt_secret()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        db = await Database.open(settings.database_path)
+        ingest = Ingest()
+        db.grouped[INGEST_GROUP] = ingest.apply
+        db.on_rollback.append(ingest.forget)
+        server = ServerState(
+            settings=settings,
+            db=db,
+            signer=TokenSigner(secret, settings.access_token_hours * 3600),
+            ingest=ingest,
+            limiter=LoginLimiter(settings.login_attempts, settings.login_window_s),
+            revoked=await store.revoked_jtis(db),
+        )
+        app.state.server = server
+        pruner = asyncio.create_task(_prune_forever(server), name="smartmon-prune")
+        try:
+            yield
+        finally:
+            pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pruner
+            await db.close()
+            log.info("database closed")
+
+    cors = CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None
+    return Litestar(
+        route_handlers=[health, *auth.handlers, *users.handlers, *tokens.handlers, *monitor.handlers, *dashboard.handlers],
+        dependencies={"server": Provide(server_state, sync_to_thread=False)},
+        lifespan=[lifespan],
+        exception_handlers={Exception: handle_exception},
+        middleware=[security_headers, DefineMiddleware(decompress_requests(settings.max_body_bytes))],
+        cors_config=cors,
+        request_max_body_size=settings.max_body_bytes,
+        openapi_config=OpenAPIConfig(title="smartmon", version=__version__, path="/schema"),
+        state=State({}),
+        debug=False,
+        logging_config=None,
+    )
+

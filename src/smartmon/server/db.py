@@ -1,0 +1,363 @@
+"""The SQLite database: schema migrations, one writer with group commit, a few readers.
+
+Every write goes through `Database.write`: jobs queue up, the writer runs as many as are
+waiting in one transaction (each job in its own savepoint, so one failure stays its own),
+commits once, and only then answers each job. Reads use separate connections (WAL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiosqlite
+
+log = logging.getLogger("smartmon.server")
+
+T = TypeVar("T")
+Job = Callable[[aiosqlite.Connection], Awaitable[Any]]
+
+BUSY_TIMEOUT_MS = 5000
+MAX_BATCH = 512
+
+# Forward-only migrations; index + 1 is the schema version they produce.
+MIGRATIONS: list[str] = [
+    # 1: accounts, enrollment, devices, reports, connections, traffic, destinations
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        username TEXT NOT NULL UNIQUE COLLATE NOCASE,
+        email TEXT,
+        password_hash TEXT NOT NULL,
+        role TEXT NOT NULL CHECK (role IN ('admin', 'user')),
+        disabled INTEGER NOT NULL DEFAULT 0,
+        created_at REAL NOT NULL
+    );
+    CREATE TABLE revoked_tokens (
+        jti TEXT PRIMARY KEY,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE TABLE enrollment_tokens (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        token_hash BLOB NOT NULL UNIQUE,
+        created_at REAL NOT NULL,
+        expires_at REAL,
+        revoked_at REAL,
+        last_used_at REAL
+    );
+    CREATE TABLE devices (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        key_hash BLOB UNIQUE,
+        registered_at REAL NOT NULL,
+        last_seen REAL,
+        collected_at REAL,
+        interval_s REAL NOT NULL DEFAULT 10,
+        agent_version TEXT,
+        os TEXT,
+        hostname TEXT,
+        capabilities TEXT,
+        last_seq INTEGER,
+        iface TEXT,
+        bytes_in INTEGER NOT NULL DEFAULT 0,
+        bytes_out INTEGER NOT NULL DEFAULT 0,
+        packets_in INTEGER NOT NULL DEFAULT 0,
+        packets_out INTEGER NOT NULL DEFAULT 0,
+        bytes_in_rate REAL,
+        bytes_out_rate REAL,
+        dropped_reports INTEGER NOT NULL DEFAULT 0,
+        connection_count INTEGER NOT NULL DEFAULT 0,
+        protocols TEXT NOT NULL DEFAULT '[]',
+        unique_ips TEXT NOT NULL DEFAULT '[]',
+        UNIQUE (user_id, name)
+    );
+    CREATE TABLE reports (
+        report_id TEXT PRIMARY KEY,
+        device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        seq INTEGER NOT NULL,
+        collected_at REAL NOT NULL,
+        received_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    CREATE INDEX reports_device ON reports (device_id, received_at);
+    CREATE TABLE connections (
+        id INTEGER PRIMARY KEY,
+        device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        protocol TEXT NOT NULL,
+        family INTEGER NOT NULL,
+        source_ip TEXT NOT NULL,
+        source_port INTEGER NOT NULL,
+        dest_ip TEXT NOT NULL,
+        dest_port INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        pid INTEGER,
+        process TEXT,
+        bytes_in INTEGER,
+        bytes_out INTEGER,
+        packets_in INTEGER,
+        packets_out INTEGER,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        closed_at REAL
+    );
+    CREATE UNIQUE INDEX connections_open
+        ON connections (device_id, protocol, source_ip, source_port, dest_ip, dest_port)
+        WHERE closed_at IS NULL;
+    CREATE INDEX connections_closed ON connections (device_id, closed_at)
+        WHERE closed_at IS NOT NULL;
+    CREATE TABLE traffic (
+        id INTEGER PRIMARY KEY,
+        device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        t REAL NOT NULL,
+        bytes_in INTEGER,
+        bytes_out INTEGER,
+        packets_in INTEGER,
+        packets_out INTEGER,
+        connections INTEGER NOT NULL
+    );
+    CREATE INDEX traffic_device ON traffic (device_id, t);
+    CREATE TABLE destinations (
+        device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        protocol TEXT NOT NULL,
+        ip TEXT NOT NULL,
+        port INTEGER NOT NULL,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        bytes_in INTEGER NOT NULL DEFAULT 0,
+        bytes_out INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (device_id, protocol, ip, port)
+    ) WITHOUT ROWID;
+    """,
+    # 2: legacy agents post connections with only their login token: remember its device
+    """
+    CREATE TABLE legacy_sessions (
+        token_hash BLOB PRIMARY KEY,
+        device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        expires_at REAL NOT NULL
+    ) WITHOUT ROWID;
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+async def connect(path: Path, *, readonly: bool = False) -> aiosqlite.Connection:
+    """Open one connection with the pragmas every connection needs."""
+    conn = await aiosqlite.connect(path, isolation_level=None)
+    conn.row_factory = aiosqlite.Row
+    await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    await conn.execute("PRAGMA foreign_keys = ON")
+    if readonly:
+        await conn.execute("PRAGMA query_only = ON")
+    else:
+        await conn.execute("PRAGMA journal_mode = WAL")
+        await conn.execute("PRAGMA synchronous = NORMAL")
+    return conn
+
+
+async def schema_version(conn: aiosqlite.Connection) -> int:
+    """The database's schema version (0 for a new file)."""
+    async with conn.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def migrate(conn: aiosqlite.Connection, target: int = SCHEMA_VERSION) -> int:
+    """Apply every migration above the file's version, each in its own transaction."""
+    current = await schema_version(conn)
+    if current > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"the database has schema version {current}, newer than this smartmon "
+            f"({SCHEMA_VERSION}); upgrade smartmon"
+        )
+    for version in range(current + 1, target + 1):
+        statements = [s for s in MIGRATIONS[version - 1].split(";") if s.strip()]
+        await conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+            await conn.execute(f"PRAGMA user_version = {version}")
+            await conn.execute("COMMIT")
+        except BaseException:
+            await conn.execute("ROLLBACK")
+            raise
+        log.info("database migrated to schema version %d", version)
+    return target
+
+
+@dataclass
+class _Pending:
+    job: Job
+    group: str | None
+    future: asyncio.Future[Any]
+
+
+@dataclass
+class Database:
+    """The writer connection and its queue, plus a small pool of readers."""
+
+    path: Path
+    writer: aiosqlite.Connection
+    readers: list[aiosqlite.Connection]
+    grouped: dict[str, Callable[[aiosqlite.Connection, list[Any]], Awaitable[list[Any]]]] = field(
+        default_factory=dict
+    )
+    on_rollback: list[Callable[[], None]] = field(default_factory=list)
+    _queue: asyncio.Queue[_Pending | None] = field(default_factory=asyncio.Queue)
+    _task: asyncio.Task[None] | None = None
+    _next_reader: itertools.cycle[aiosqlite.Connection] | None = None
+
+    @classmethod
+    async def open(cls, path: Path, readers: int = 2) -> Database:
+        """Open (creating and migrating as needed) the database file."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        writer = await connect(path)
+        try:
+            await migrate(writer)
+        except BaseException:
+            await writer.close()
+            raise
+        pool = [await connect(path, readonly=True) for _ in range(readers)]
+        db = cls(path=path, writer=writer, readers=pool)
+        db._next_reader = itertools.cycle(pool)
+        db._task = asyncio.create_task(db._write_loop(), name="smartmon-writer")
+        return db
+
+    def reader(self) -> aiosqlite.Connection:
+        """A reader connection (round robin)."""
+        assert self._next_reader is not None
+        return next(self._next_reader)
+
+    async def fetchall(self, sql: str, params: Any = ()) -> list[aiosqlite.Row]:
+        """Run a read query on a reader."""
+        async with self.reader().execute(sql, params) as cursor:
+            return list(await cursor.fetchall())
+
+    async def fetchone(self, sql: str, params: Any = ()) -> aiosqlite.Row | None:
+        """Run a read query on a reader; the first row or None."""
+        async with self.reader().execute(sql, params) as cursor:
+            return await cursor.fetchone()
+
+    async def write(self, job: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        """Run job in the next transaction; returns its result once committed."""
+        return await self._submit(job, None)
+
+    async def write_grouped(self, group: str, item: Any) -> Any:
+        """Queue an item for a grouped job (e.g. ingest); all items of one batch run together."""
+        return await self._submit(item, group)
+
+    async def _submit(self, job: Any, group: str | None) -> Any:
+        if self._task is None or self._task.done():
+            raise RuntimeError("the database is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(_Pending(job, group, future))
+        return await future
+
+    async def _write_loop(self) -> None:
+        while True:
+            first = await self._queue.get()
+            if first is None:
+                return
+            batch = [first]
+            stop = False
+            while len(batch) < MAX_BATCH and not self._queue.empty():
+                item = self._queue.get_nowait()
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+            await self._run_batch(batch)
+            if stop:
+                return
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        conn = self.writer
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        try:
+            await conn.execute("BEGIN IMMEDIATE")
+            for group, members in _runs(batch):
+                await self._run_group(conn, group, members, outcomes)
+            await conn.execute("COMMIT")
+        except Exception as exc:  # the transaction as a whole failed (disk full, I/O error)
+            log.error("write transaction failed: %s", exc)
+            with contextlib.suppress(Exception):
+                await conn.execute("ROLLBACK")
+            self._rolled_back()
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+            return
+        for future, result, error in outcomes:
+            if future.done():
+                continue
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
+
+    async def _run_group(
+        self,
+        conn: aiosqlite.Connection,
+        group: str | None,
+        members: list[_Pending],
+        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]],
+    ) -> None:
+        await conn.execute("SAVEPOINT job")
+        try:
+            if group is None:
+                results = [await members[0].job(conn)]
+            else:
+                results = await self.grouped[group](conn, [m.job for m in members])
+            await conn.execute("RELEASE job")
+        except Exception as exc:
+            await conn.execute("ROLLBACK TO job")
+            await conn.execute("RELEASE job")
+            self._rolled_back()
+            if len(members) > 1:  # isolate the failing item: retry each on its own
+                for member in members:
+                    await self._run_group(conn, group, [member], outcomes)
+                return
+            outcomes.append((members[0].future, None, exc))
+            return
+        for member, result in zip(members, results, strict=True):
+            outcomes.append((member.future, result, None))
+
+    def _rolled_back(self) -> None:
+        for callback in self.on_rollback:
+            callback()
+
+    async def close(self) -> None:
+        """Finish queued writes, then close every connection."""
+        if self._task is not None and not self._task.done():
+            self._queue.put_nowait(None)
+            await self._task
+        for conn in [self.writer, *self.readers]:
+            await conn.close()
+
+
+def _runs(batch: list[_Pending]) -> list[tuple[str | None, list[_Pending]]]:
+    """Split a batch into runs: consecutive items of one group together, other jobs alone."""
+    runs: list[tuple[str | None, list[_Pending]]] = []
+    for pending in batch:
+        if pending.group is not None and runs and runs[-1][0] == pending.group:
+            runs[-1][1].append(pending)
+        else:
+            runs.append((pending.group, [pending]))
+    return runs
+
+
+@contextlib.asynccontextmanager
+async def opened(path: Path) -> AsyncIterator[Database]:
+    """Open the database for the length of a block."""
+    db = await Database.open(path)
+    try:
+        yield db
+    finally:
+        await db.close()

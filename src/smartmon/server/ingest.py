@@ -1,0 +1,415 @@
+"""Applying reports to the store, many at once, writing only what changed.
+
+The writer keeps each recently active device's open connections in memory, so a report
+costs one diff in Python and a handful of `executemany` calls for the whole batch: new
+connections are inserted, changed ones updated, vanished ones closed and kept as history.
+Unchanged connections are not written at all (their last-seen is the device's).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiosqlite
+
+from smartmon import wire
+
+Key = tuple[str, str, int, str, int]
+UNSPECIFIED = frozenset({"0.0.0.0", "::"})
+TOP_IPS = 10
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """A validated report, ready for the writer."""
+
+    device_id: int
+    report: wire.Report
+    received_at: float
+
+
+@dataclass(frozen=True)
+class LegacyIncoming:
+    """One connection posted by a prototype agent: added or refreshed, nothing closed."""
+
+    device_id: int
+    connection: wire.Connection
+    received_at: float
+
+
+@dataclass
+class Applied:
+    """What one item changed; the live stream publishes it."""
+
+    device_id: int
+    report_id: str | None
+    duplicate: bool = False
+    opened: list[wire.Connection] = field(default_factory=list)
+    changed: list[wire.Connection] = field(default_factory=list)
+    closed: list[wire.Connection] = field(default_factory=list)
+
+
+@dataclass
+class _Open:
+    connection: wire.Connection
+    first_seen: float
+
+
+def _counters(c: wire.Connection) -> tuple[Any, ...]:
+    return (c.state, c.pid, c.process, c.bytes_in, c.bytes_out, c.packets_in, c.packets_out)
+
+
+def _is_destination(c: wire.Connection) -> bool:
+    return c.dest_port != 0 and c.dest_ip not in UNSPECIFIED
+
+
+@dataclass
+class _Writes:
+    inserts: list[tuple[Any, ...]] = field(default_factory=list)
+    updates: list[tuple[Any, ...]] = field(default_factory=list)
+    closes: list[tuple[Any, ...]] = field(default_factory=list)
+    closed_inserts: list[tuple[Any, ...]] = field(default_factory=list)
+    new_destinations: list[tuple[Any, ...]] = field(default_factory=list)
+    closed_destinations: list[tuple[Any, ...]] = field(default_factory=list)
+    traffic: list[tuple[Any, ...]] = field(default_factory=list)
+    reports: list[tuple[Any, ...]] = field(default_factory=list)
+    devices: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+_CONNECTION_COLUMNS = (
+    "device_id, protocol, family, source_ip, source_port, dest_ip, dest_port, state, pid, process,"
+    " bytes_in, bytes_out, packets_in, packets_out, first_seen, last_seen"
+)
+_KEY_WHERE = (
+    "device_id = ? AND protocol = ? AND source_ip = ? AND source_port = ? AND dest_ip = ?"
+    " AND dest_port = ? AND closed_at IS NULL"
+)
+SQL_INSERT = f"INSERT INTO connections ({_CONNECTION_COLUMNS}) VALUES ({', '.join('?' * 16)})"
+SQL_INSERT_CLOSED = (
+    f"INSERT INTO connections ({_CONNECTION_COLUMNS}, closed_at) VALUES ({', '.join('?' * 17)})"
+)
+SQL_UPDATE = (
+    "UPDATE connections SET state = ?, pid = ?, process = ?, bytes_in = ?, bytes_out = ?,"
+    f" packets_in = ?, packets_out = ?, last_seen = ? WHERE {_KEY_WHERE}"
+)
+SQL_CLOSE = (
+    "UPDATE connections SET state = ?, pid = coalesce(?, pid), process = coalesce(?, process),"
+    " bytes_in = coalesce(?, bytes_in), bytes_out = coalesce(?, bytes_out),"
+    " packets_in = coalesce(?, packets_in), packets_out = coalesce(?, packets_out),"
+    f" last_seen = ?, closed_at = ? WHERE {_KEY_WHERE}"
+)
+SQL_NEW_DESTINATION = (
+    "INSERT INTO destinations (device_id, protocol, ip, port, first_seen, last_seen)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET last_seen = excluded.last_seen"
+)
+SQL_CLOSED_DESTINATION = (
+    "INSERT INTO destinations (device_id, protocol, ip, port, first_seen, last_seen, bytes_in,"
+    " bytes_out) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET"
+    " last_seen = excluded.last_seen, bytes_in = bytes_in + excluded.bytes_in,"
+    " bytes_out = bytes_out + excluded.bytes_out"
+)
+SQL_TRAFFIC = (
+    "INSERT INTO traffic (device_id, t, bytes_in, bytes_out, packets_in, packets_out, connections)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?)"
+)
+SQL_REPORT = (
+    "INSERT INTO reports (report_id, device_id, seq, collected_at, received_at) VALUES (?, ?, ?, ?, ?)"
+)
+
+
+class Ingest:
+    """Applies batches of reports; owns the cache of open connections (writer only)."""
+
+    def __init__(self, cached_devices: int = 4096) -> None:
+        self._open: OrderedDict[int, dict[Key, _Open]] = OrderedDict()
+        self._cached_devices = cached_devices
+
+    def forget(self, device_id: int | None = None) -> None:
+        """Drop cached state (after a rollback, a deletion or a revocation)."""
+        if device_id is None:
+            self._open.clear()
+        else:
+            self._open.pop(device_id, None)
+
+    async def _open_connections(self, conn: aiosqlite.Connection, device_id: int) -> dict[Key, _Open]:
+        cached = self._open.get(device_id)
+        if cached is not None:
+            self._open.move_to_end(device_id)
+            return cached
+        loaded: dict[Key, _Open] = {}
+        async with conn.execute(
+            "SELECT protocol, family, source_ip, source_port, dest_ip, dest_port, state, pid,"
+            " process, bytes_in, bytes_out, packets_in, packets_out, first_seen FROM connections"
+            " WHERE device_id = ? AND closed_at IS NULL",
+            (device_id,),
+        ) as cursor:
+            async for row in cursor:
+                c = wire.Connection(
+                    protocol=row[0], family=row[1], source_ip=row[2], source_port=row[3],
+                    dest_ip=row[4], dest_port=row[5], state=row[6], pid=row[7], process=row[8],
+                    bytes_in=row[9], bytes_out=row[10], packets_in=row[11], packets_out=row[12],
+                )  # fmt: skip
+                loaded[c.key] = _Open(c, row[13])
+        self._open[device_id] = loaded
+        while len(self._open) > self._cached_devices:
+            self._open.popitem(last=False)
+        return loaded
+
+    async def apply(
+        self, conn: aiosqlite.Connection, items: list[Incoming | LegacyIncoming]
+    ) -> list[Applied]:
+        """Apply items in order inside the caller's transaction; one Applied per item."""
+        reports = [i for i in items if isinstance(i, Incoming)]
+        stored = await _stored_report_ids(conn, [i.report.report_id for i in reports])
+        devices = await _device_rows(conn, {i.device_id for i in items})
+        writes = _Writes()
+        results: list[Applied] = []
+        for item in items:
+            if item.device_id in writes.devices:
+                # a second report of one device in this batch must see the first one's rows
+                await _flush(conn, writes)
+                writes = _Writes()
+            device = devices.get(item.device_id)
+            if device is None:  # deleted while the report was queued
+                results.append(Applied(item.device_id, None, duplicate=True))
+                continue
+            open_now = await self._open_connections(conn, item.device_id)
+            if isinstance(item, LegacyIncoming):
+                results.append(self._legacy(item, device, open_now, writes))
+                continue
+            report_id = item.report.report_id.lower()
+            if report_id in stored:
+                results.append(Applied(item.device_id, report_id, duplicate=True))
+                continue
+            stored.add(report_id)
+            results.append(self._report(item, device, open_now, writes))
+        await _flush(conn, writes)
+        return results
+
+    def _legacy(
+        self, item: LegacyIncoming, device: dict[str, Any], open_now: dict[Key, _Open], writes: _Writes
+    ) -> Applied:
+        applied = Applied(item.device_id, None)
+        now = item.received_at
+        _upsert(item.device_id, item.connection, now, open_now, writes, applied)
+        device.update(last_seen=now)
+        _summarise(device, open_now)
+        writes.devices[item.device_id] = device
+        return applied
+
+    def _report(
+        self, item: Incoming, device: dict[str, Any], open_now: dict[Key, _Open], writes: _Writes
+    ) -> Applied:
+        report, now, device_id = item.report, item.received_at, item.device_id
+        applied = Applied(device_id, report.report_id.lower())
+        collected = report.collected_at.timestamp()
+        writes.reports.append((applied.report_id, device_id, report.seq, collected, now))
+        late = device["collected_at"] is not None and collected < device["collected_at"]
+        if not late:
+            seen: set[Key] = set()
+            for c in report.connections:
+                seen.add(c.key)
+                _upsert(device_id, c, now, open_now, writes, applied)
+            finals = {c.key: c for c in report.closed}
+            for key in [k for k in open_now if k not in seen]:
+                _close(device_id, open_now.pop(key), finals.pop(key, None), device, now, writes, applied)
+            closed_unseen = finals.values()
+        else:  # an old report drained from a spool: keep only its history
+            closed_unseen = [c for c in report.closed if c.key not in open_now]
+        for c in closed_unseen:
+            if c.key in open_now:
+                continue
+            writes.closed_inserts.append((*_row(device_id, c, now, now), now))
+            if _is_destination(c):
+                writes.closed_destinations.append(_destination_close(device_id, c, now))
+            applied.closed.append(c)
+        if not late:
+            _traffic(device, report, collected, len(report.connections), now, writes)
+            agent = report.agent
+            device.update(
+                last_seen=now,
+                collected_at=collected,
+                interval_s=report.interval_s,
+                last_seq=report.seq,
+                agent_version=agent.version,
+                os=agent.os,
+                hostname=agent.hostname,
+                capabilities=json.dumps(wire.msgspec.to_builtins(agent.capabilities)),
+                dropped_reports=report.dropped_reports,
+            )
+            _summarise(device, open_now)
+        else:
+            device.update(last_seen=max(device["last_seen"] or 0.0, now))
+        writes.devices[device_id] = device
+        return applied
+
+
+def _row(device_id: int, c: wire.Connection, first_seen: float, last_seen: float) -> tuple[Any, ...]:
+    return (
+        device_id, c.protocol, c.family, c.source_ip, c.source_port, c.dest_ip, c.dest_port,
+        c.state, c.pid, c.process, c.bytes_in, c.bytes_out, c.packets_in, c.packets_out,
+        first_seen, last_seen,
+    )  # fmt: skip
+
+
+def _key_params(device_id: int, key: Key) -> tuple[Any, ...]:
+    return (device_id, *key)
+
+
+def _upsert(
+    device_id: int,
+    c: wire.Connection,
+    now: float,
+    open_now: dict[Key, _Open],
+    writes: _Writes,
+    applied: Applied,
+) -> None:
+    key = c.key
+    known = open_now.get(key)
+    if known is None:
+        open_now[key] = _Open(c, now)
+        writes.inserts.append(_row(device_id, c, now, now))
+        if _is_destination(c):
+            writes.new_destinations.append((device_id, c.protocol, c.dest_ip, c.dest_port, now, now))
+        applied.opened.append(c)
+    elif _counters(known.connection) != _counters(c):
+        known.connection = c
+        writes.updates.append((*_counters(c), now, *_key_params(device_id, key)))
+        applied.changed.append(c)
+
+
+def _close(
+    device_id: int,
+    known: _Open,
+    final: wire.Connection | None,
+    device: dict[str, Any],
+    now: float,
+    writes: _Writes,
+    applied: Applied,
+) -> None:
+    c = final or known.connection
+    last_seen = now if final is not None else (device["last_seen"] or now)
+    writes.closes.append(
+        (
+            c.state, c.pid, c.process, c.bytes_in, c.bytes_out, c.packets_in, c.packets_out,
+            last_seen, now, *_key_params(device_id, c.key),
+        )  # fmt: skip
+    )
+    if _is_destination(c):
+        writes.closed_destinations.append(_destination_close(device_id, c, last_seen))
+    applied.closed.append(c)
+
+
+def _destination_close(device_id: int, c: wire.Connection, t: float) -> tuple[Any, ...]:
+    return (device_id, c.protocol, c.dest_ip, c.dest_port, t, t, c.bytes_in or 0, c.bytes_out or 0)
+
+
+def _traffic(
+    device: dict[str, Any],
+    report: wire.Report,
+    collected: float,
+    connections: int,
+    now: float,
+    writes: _Writes,
+) -> None:
+    """Append one sample: deltas of the cumulative interface counters, resets survived."""
+    totals = report.interfaces
+    current = (
+        None
+        if totals is None
+        else (totals.bytes_in, totals.bytes_out, totals.packets_in, totals.packets_out)
+    )
+    previous = tuple(json.loads(device["iface"])) if device["iface"] else None
+    deltas: tuple[int | None, ...] = (None, None, None, None)
+    if current is not None and previous is not None:
+        # a counter below its previous value was reset (reboot, wrap): count from zero
+        deltas = tuple(new - old if new >= old else new for new, old in zip(current, previous, strict=True))
+    writes.traffic.append((device["id"], now, *deltas, connections))
+    if current is not None:
+        device["iface"] = json.dumps(current)
+    if deltas[0] is not None and deltas[1] is not None:
+        elapsed = collected - device["collected_at"] if device["collected_at"] else report.interval_s
+        elapsed = elapsed if elapsed > 0 else report.interval_s
+        device["bytes_in"] += deltas[0]
+        device["bytes_out"] += deltas[1]
+        device["packets_in"] += deltas[2] or 0
+        device["packets_out"] += deltas[3] or 0
+        device["bytes_in_rate"] = deltas[0] / elapsed
+        device["bytes_out_rate"] = deltas[1] / elapsed
+    elif current is None:
+        device["bytes_in_rate"] = device["bytes_out_rate"] = None
+
+
+def _summarise(device: dict[str, Any], open_now: dict[Key, _Open]) -> None:
+    """The device row's summary of its open connections, read by the dashboard list."""
+    protocols: set[str] = set()
+    activity: dict[str, list[int]] = {}
+    for entry in open_now.values():
+        c = entry.connection
+        protocols.add(c.protocol)
+        if c.dest_ip in UNSPECIFIED:
+            continue
+        score = activity.setdefault(c.dest_ip, [0, 0])
+        score[0] += (c.bytes_in or 0) + (c.bytes_out or 0)
+        score[1] += 1
+    top = sorted(activity, key=lambda ip: (activity[ip][0], activity[ip][1]), reverse=True)
+    device["connection_count"] = len(open_now)
+    device["protocols"] = json.dumps(sorted(protocols))
+    device["unique_ips"] = json.dumps(top[:TOP_IPS])
+
+
+async def _stored_report_ids(conn: aiosqlite.Connection, report_ids: list[str]) -> set[str]:
+    found: set[str] = set()
+    ids = [r.lower() for r in report_ids]
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        sql = f"SELECT report_id FROM reports WHERE report_id IN ({', '.join('?' * len(chunk))})"
+        async with conn.execute(sql, chunk) as cursor:
+            found.update(row[0] for row in await cursor.fetchall())
+    return found
+
+
+_DEVICE_STATE = (
+    "id, last_seen, collected_at, interval_s, last_seq, iface, bytes_in, bytes_out, packets_in,"
+    " packets_out, bytes_in_rate, bytes_out_rate, agent_version, os, hostname, capabilities,"
+    " dropped_reports, connection_count, protocols, unique_ips"
+)
+_DEVICE_FIELDS = [name.strip() for name in _DEVICE_STATE.split(",")]
+SQL_DEVICE_UPDATE = (
+    "UPDATE devices SET "
+    + ", ".join(f"{name} = :{name}" for name in _DEVICE_FIELDS if name != "id")
+    + " WHERE id = :id"
+)
+
+
+async def _device_rows(conn: aiosqlite.Connection, device_ids: set[int]) -> dict[int, dict[str, Any]]:
+    rows: dict[int, dict[str, Any]] = {}
+    ids = sorted(device_ids)
+    for start in range(0, len(ids), 500):
+        chunk = ids[start : start + 500]
+        sql = f"SELECT {_DEVICE_STATE} FROM devices WHERE id IN ({', '.join('?' * len(chunk))})"
+        async with conn.execute(sql, chunk) as cursor:
+            for row in await cursor.fetchall():
+                rows[row[0]] = dict(zip(_DEVICE_FIELDS, row, strict=True))
+    return rows
+
+
+async def _flush(conn: aiosqlite.Connection, writes: _Writes) -> None:
+    # closes before inserts: a key closed and reopened in one batch must not collide
+    for sql, rows in (
+        (SQL_CLOSE, writes.closes),
+        (SQL_UPDATE, writes.updates),
+        (SQL_INSERT, writes.inserts),
+        (SQL_INSERT_CLOSED, writes.closed_inserts),
+        (SQL_NEW_DESTINATION, writes.new_destinations),
+        (SQL_CLOSED_DESTINATION, writes.closed_destinations),
+        (SQL_TRAFFIC, writes.traffic),
+        (SQL_REPORT, writes.reports),
+    ):
+        if rows:
+            await conn.executemany(sql, rows)
+    if writes.devices:
+        await conn.executemany(SQL_DEVICE_UPDATE, list(writes.devices.values()))

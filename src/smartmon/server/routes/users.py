@@ -1,0 +1,52 @@
+"""Admin: list, create and change accounts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from litestar import get, patch, post
+from litestar.di import Provide
+from litestar.status_codes import HTTP_201_CREATED
+
+from smartmon.server import schemas, store
+from smartmon.server.errors import ApiError, not_found
+from smartmon.server.routes.auth import create_account
+from smartmon.server.state import Caller, ServerState, admin
+
+ADMIN = {"who": Provide(admin)}
+
+
+@get("/api/users", tags=["users"], dependencies=ADMIN)
+async def list_users(who: Caller, server: ServerState) -> list[schemas.UserOut]:
+    """Every account."""
+    return [user.out() for user in await store.list_users(server.db)]
+
+
+@post("/api/users", status_code=HTTP_201_CREATED, tags=["users"], dependencies=ADMIN)
+async def create_user(who: Caller, data: schemas.CreateUserBody, server: ServerState) -> schemas.UserOut:
+    """Create an account with a role, whether or not registration is open."""
+    user = await create_account(server, data, data.role, self_service=False)
+    return user.out()
+
+
+@patch("/api/users/{user_id:int}", tags=["users"], dependencies=ADMIN)
+async def update_user(
+    who: Caller, user_id: int, data: schemas.UpdateUserBody, server: ServerState
+) -> schemas.UserOut:
+    """Change a role or disable an account; a disabled user's tokens stop working at once."""
+    target = await store.user_by_id(server.db, user_id)
+    if target is None:
+        raise not_found("user")
+    if target.id == who.user.id and (data.disabled or data.role == "user"):
+        raise ApiError(409, "admins cannot disable or demote themselves", field="role" if data.role else "disabled")
+
+    async def change(conn: Any) -> None:
+        await store.update_user(conn, user_id, data.role, data.disabled)
+
+    await server.db.write(change)
+    updated = await store.user_by_id(server.db, user_id)
+    assert updated is not None
+    return updated.out()
+
+
+handlers = [list_users, create_user, update_user]

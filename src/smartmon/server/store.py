@@ -1,0 +1,521 @@
+"""All SQL outside ingest: users, tokens, devices and the dashboard's reads.
+
+Reads take the Database (reader connections); writes are jobs run by the writer and take
+its connection. Rows come back as plain dicts or schema Structs.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiosqlite
+import msgspec
+
+from smartmon.server import schemas
+from smartmon.server.db import Database
+from smartmon.server.errors import ApiError, not_found
+from smartmon.wire import Capabilities
+
+ONLINE_MIN_S = 30.0
+TRAFFIC_WINDOW_S = 3600.0
+MAX_SQL_INT = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class User:
+    """An account as the server needs it for access checks."""
+
+    id: int
+    username: str
+    role: str
+    disabled: bool
+    password_hash: str
+    email: str | None
+    created_at: float
+
+    @property
+    def is_admin(self) -> bool:
+        """Admins see and manage every device."""
+        return self.role == "admin"
+
+    def out(self) -> schemas.UserOut:
+        """The user as the API shows it."""
+        return schemas.UserOut(
+            id=self.id,
+            username=self.username,
+            role=self.role,  # type: ignore[arg-type]
+            email=self.email,
+            disabled=self.disabled,
+            created_at=schemas.timestamp(self.created_at),
+        )
+
+
+_USER_COLUMNS = "id, username, role, disabled, password_hash, email, created_at"
+
+
+def _user(row: aiosqlite.Row | None) -> User | None:
+    if row is None:
+        return None
+    return User(row[0], row[1], row[2], bool(row[3]), row[4], row[5], row[6])
+
+
+def valid_id(value: int) -> bool:
+    """Ids fit SQLite's integers; anything else cannot exist."""
+    return 0 < value <= MAX_SQL_INT
+
+
+# ---- users -------------------------------------------------------------------------------
+
+
+async def user_by_id(db: Database, user_id: int) -> User | None:
+    """The user with this id."""
+    if not valid_id(user_id):
+        return None
+    return _user(await db.fetchone(f"SELECT {_USER_COLUMNS} FROM users WHERE id = ?", (user_id,)))
+
+
+async def user_by_name(db: Database, username: str) -> User | None:
+    """The user with this name (case-insensitive)."""
+    return _user(await db.fetchone(f"SELECT {_USER_COLUMNS} FROM users WHERE username = ?", (username,)))
+
+
+async def list_users(db: Database) -> list[User]:
+    """Every account, oldest first."""
+    rows = await db.fetchall(f"SELECT {_USER_COLUMNS} FROM users ORDER BY id")
+    return [u for u in map(_user, rows) if u is not None]
+
+
+async def insert_user(
+    conn: aiosqlite.Connection, username: str, password_hash: str, role: str | None, email: str | None
+) -> User:
+    """Create an account; role None means admin for the first account, else user."""
+    async with conn.execute(
+        "SELECT 1 FROM users WHERE username = ?", (username,)
+    ) as cursor:
+        if await cursor.fetchone() is not None:
+            raise ApiError(409, f"the username {username!r} is taken", field="username")
+    if role is None:
+        async with conn.execute("SELECT count(*) FROM users") as cursor:
+            row = await cursor.fetchone()
+        role = "admin" if row is not None and row[0] == 0 else "user"
+    now = time.time()
+    cursor = await conn.execute(
+        "INSERT INTO users (username, email, password_hash, role, created_at) VALUES (?, ?, ?, ?, ?)",
+        (username, email, password_hash, role, now),
+    )
+    assert cursor.lastrowid is not None
+    return User(cursor.lastrowid, username, role, False, password_hash, email, now)
+
+
+async def count_users(conn: aiosqlite.Connection) -> int:
+    """How many accounts exist."""
+    async with conn.execute("SELECT count(*) FROM users") as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def update_user(
+    conn: aiosqlite.Connection, user_id: int, role: str | None, disabled: bool | None
+) -> None:
+    """Change an account's role or disabled flag."""
+    if role is not None:
+        await conn.execute("UPDATE users SET role = ? WHERE id = ?", (role, user_id))
+    if disabled is not None:
+        await conn.execute("UPDATE users SET disabled = ? WHERE id = ?", (int(disabled), user_id))
+
+
+async def set_password_hash(conn: aiosqlite.Connection, user_id: int, password_hash: str) -> None:
+    """Store a rehashed password."""
+    await conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
+
+
+# ---- access-token revocation ---------------------------------------------------------------
+
+
+async def revoked_jtis(db: Database) -> set[str]:
+    """Revoked access tokens that have not expired yet."""
+    rows = await db.fetchall("SELECT jti FROM revoked_tokens WHERE expires_at > ?", (time.time(),))
+    return {row[0] for row in rows}
+
+
+async def revoke_jti(conn: aiosqlite.Connection, jti: str, expires_at: float) -> None:
+    """Remember a revoked access token until it would have expired."""
+    await conn.execute(
+        "INSERT OR IGNORE INTO revoked_tokens (jti, expires_at) VALUES (?, ?)", (jti, expires_at)
+    )
+
+
+# ---- enrollment tokens ----------------------------------------------------------------------
+
+
+def _token_status(row: aiosqlite.Row, now: float) -> str:
+    if row["revoked_at"] is not None:
+        return "revoked"
+    if row["expires_at"] is not None and row["expires_at"] <= now:
+        return "expired"
+    return "active"
+
+
+async def insert_enrollment_token(
+    conn: aiosqlite.Connection, user_id: int, name: str, token_hash: bytes, expires_at: float | None
+) -> int:
+    """Store a new enrollment token's hash; returns its id."""
+    cursor = await conn.execute(
+        "INSERT INTO enrollment_tokens (user_id, name, token_hash, created_at, expires_at)"
+        " VALUES (?, ?, ?, ?, ?)",
+        (user_id, name, token_hash, time.time(), expires_at),
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+async def list_enrollment_tokens(db: Database, user_id: int) -> list[schemas.TokenInfo]:
+    """A user's enrollment tokens, newest first, without secrets."""
+    rows = await db.fetchall(
+        "SELECT * FROM enrollment_tokens WHERE user_id = ? ORDER BY id DESC", (user_id,)
+    )
+    now = time.time()
+    return [
+        schemas.TokenInfo(
+            id=row["id"],
+            name=row["name"],
+            created_at=schemas.timestamp(row["created_at"]),  # type: ignore[arg-type]
+            expires_at=schemas.timestamp(row["expires_at"]),
+            revoked_at=schemas.timestamp(row["revoked_at"]),
+            last_used_at=schemas.timestamp(row["last_used_at"]),
+            status=_token_status(row, now),  # type: ignore[arg-type]
+        )
+        for row in rows
+    ]
+
+
+async def revoke_enrollment_token(conn: aiosqlite.Connection, user_id: int, token_id: int) -> bool:
+    """Revoke one of the user's tokens; False when it is not theirs or does not exist."""
+    if not valid_id(token_id):
+        return False
+    cursor = await conn.execute(
+        "UPDATE enrollment_tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ? AND user_id = ?",
+        (time.time(), token_id, user_id),
+    )
+    return cursor.rowcount > 0
+
+
+async def enrollment_token_owner(conn: aiosqlite.Connection, token_hash: bytes) -> int | None:
+    """The user of an active enrollment token (and mark it used), else None."""
+    now = time.time()
+    async with conn.execute(
+        "SELECT id, user_id FROM enrollment_tokens WHERE token_hash = ? AND revoked_at IS NULL"
+        " AND (expires_at IS NULL OR expires_at > ?)",
+        (token_hash, now),
+    ) as cursor:
+        row = await cursor.fetchone()
+    if row is None:
+        return None
+    await conn.execute("UPDATE enrollment_tokens SET last_used_at = ? WHERE id = ?", (now, row[0]))
+    return int(row[1])
+
+
+# ---- devices ---------------------------------------------------------------------------------
+
+
+async def enroll_device(
+    conn: aiosqlite.Connection,
+    user_id: int,
+    name: str,
+    key_hash: bytes,
+    hostname: str | None,
+    os_name: str | None,
+    agent_version: str | None,
+) -> tuple[int, bytes | None]:
+    """Create the device or give an existing one (same user and name) a new key.
+
+    Returns the device id and the hash of the key it replaces, if any.
+    """
+    async with conn.execute(
+        "SELECT id, key_hash FROM devices WHERE user_id = ? AND name = ?", (user_id, name)
+    ) as cursor:
+        row = await cursor.fetchone()
+    if row is not None:
+        await conn.execute(
+            "UPDATE devices SET key_hash = ?, hostname = coalesce(?, hostname), os = coalesce(?, os),"
+            " agent_version = coalesce(?, agent_version) WHERE id = ?",
+            (key_hash, hostname, os_name, agent_version, row[0]),
+        )
+        return int(row[0]), row[1]
+    cursor = await conn.execute(
+        "INSERT INTO devices (user_id, name, key_hash, registered_at, hostname, os, agent_version)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (user_id, name, key_hash, time.time(), hostname, os_name, agent_version),
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid, None
+
+
+async def device_for_key(db: Database, key_hash: bytes) -> int | None:
+    """The device a key belongs to, if the key is current."""
+    row = await db.fetchone("SELECT id FROM devices WHERE key_hash = ?", (key_hash,))
+    return int(row[0]) if row else None
+
+
+async def device_owner(db: Database, device_id: int) -> tuple[int, bytes | None] | None:
+    """(owner user id, key hash) of a device, or None."""
+    if not valid_id(device_id):
+        return None
+    row = await db.fetchone("SELECT user_id, key_hash FROM devices WHERE id = ?", (device_id,))
+    return (int(row[0]), row[1]) if row else None
+
+
+async def delete_device(conn: aiosqlite.Connection, device_id: int) -> None:
+    """Delete a device and, by cascade, all its data."""
+    await conn.execute("DELETE FROM devices WHERE id = ?", (device_id,))
+
+
+async def revoke_device_key(conn: aiosqlite.Connection, device_id: int) -> None:
+    """Invalidate a device's key; its data stays."""
+    await conn.execute("UPDATE devices SET key_hash = NULL WHERE id = ?", (device_id,))
+
+
+async def save_legacy_session(
+    conn: aiosqlite.Connection, token_hash: bytes, device_id: int, expires_at: float
+) -> None:
+    """Remember which device a prototype agent registered with this login token."""
+    await conn.execute(
+        "INSERT INTO legacy_sessions (token_hash, device_id, expires_at) VALUES (?, ?, ?)"
+        " ON CONFLICT DO UPDATE SET device_id = excluded.device_id, expires_at = excluded.expires_at",
+        (token_hash, device_id, expires_at),
+    )
+
+
+async def legacy_device(db: Database, token_hash: bytes) -> int | None:
+    """The device a prototype agent registered with this login token."""
+    row = await db.fetchone("SELECT device_id FROM legacy_sessions WHERE token_hash = ?", (token_hash,))
+    return int(row[0]) if row else None
+
+
+async def prune(conn: aiosqlite.Connection, before: float) -> None:
+    """Forget history older than the retention horizon (dedupe ids, samples, closed rows)."""
+    await conn.execute("DELETE FROM reports WHERE received_at < ?", (before,))
+    await conn.execute("DELETE FROM traffic WHERE t < ?", (before,))
+    await conn.execute(
+        "DELETE FROM connections WHERE closed_at IS NOT NULL AND closed_at < ?", (before,)
+    )
+    await conn.execute("DELETE FROM revoked_tokens WHERE expires_at < ?", (time.time(),))
+    await conn.execute("DELETE FROM legacy_sessions WHERE expires_at < ?", (time.time(),))
+
+
+# ---- dashboard reads -------------------------------------------------------------------------
+
+_DEVICE_SELECT = (
+    "SELECT d.*, u.username AS username FROM devices d JOIN users u ON u.id = d.user_id"
+)
+
+
+def online(last_seen: float | None, interval_s: float, now: float) -> bool:
+    """Online while the last report is within max(3 intervals, 30 s) of now."""
+    return last_seen is not None and now - last_seen <= max(3 * interval_s, ONLINE_MIN_S)
+
+
+def device_out(row: aiosqlite.Row, now: float) -> schemas.Device:
+    """A devices row (joined with its owner's name) as the API shows it."""
+    capabilities = (
+        msgspec.json.decode(row["capabilities"], type=Capabilities) if row["capabilities"] else None
+    )
+    is_online = online(row["last_seen"], row["interval_s"], now)
+    return schemas.Device(
+        id=row["id"],
+        device_name=row["name"],
+        username=row["username"],
+        status="online" if is_online else "offline",
+        connection_count=row["connection_count"],
+        protocols=json.loads(row["protocols"]),
+        unique_ips=json.loads(row["unique_ips"]),
+        last_seen=schemas.timestamp(row["last_seen"]),
+        registered_at=schemas.timestamp(row["registered_at"]),  # type: ignore[arg-type]
+        collected_at=schemas.timestamp(row["collected_at"]),
+        interval_s=row["interval_s"],
+        bytes_in=row["bytes_in"],
+        bytes_out=row["bytes_out"],
+        bytes_in_rate=row["bytes_in_rate"] if is_online else 0.0,
+        bytes_out_rate=row["bytes_out_rate"] if is_online else 0.0,
+        dropped_reports=row["dropped_reports"],
+        key_active=row["key_hash"] is not None,
+        agent=schemas.AgentOut(row["agent_version"], row["os"], row["hostname"], capabilities),
+    )
+
+
+def fleet_stats(devices: list[schemas.Device]) -> schemas.FleetStats:
+    """Totals over a list of devices."""
+    online_count = sum(1 for d in devices if d.status == "online")
+    return schemas.FleetStats(
+        total_devices=len(devices),
+        online_devices=online_count,
+        offline_devices=len(devices) - online_count,
+        active_connections=sum(d.connection_count for d in devices if d.status == "online"),
+        bytes_in_rate=sum(d.bytes_in_rate or 0.0 for d in devices),
+        bytes_out_rate=sum(d.bytes_out_rate or 0.0 for d in devices),
+    )
+
+
+async def list_devices(db: Database, owner: int | None) -> list[schemas.Device]:
+    """Devices of one owner, or of everyone (owner None), by name."""
+    now = time.time()
+    if owner is None:
+        rows = await db.fetchall(f"{_DEVICE_SELECT} ORDER BY d.name, d.id")
+    else:
+        rows = await db.fetchall(f"{_DEVICE_SELECT} WHERE d.user_id = ? ORDER BY d.name, d.id", (owner,))
+    return [device_out(row, now) for row in rows]
+
+
+async def device_row(db: Database, device_id: int) -> aiosqlite.Row | None:
+    """One device row joined with its owner's name."""
+    if not valid_id(device_id):
+        return None
+    return await db.fetchone(f"{_DEVICE_SELECT} WHERE d.id = ?", (device_id,))
+
+
+@dataclass(frozen=True)
+class ConnectionFilter:
+    """Query parameters of the device detail."""
+
+    protocol: str | None = None
+    state: str | None = None
+    q: str | None = None
+    closed: bool = False
+    limit: int = 1000
+    offset: int = 0
+
+    def where(self, device_id: int) -> tuple[str, list[Any]]:
+        """SQL WHERE clause and parameters."""
+        clauses = ["device_id = ?", "closed_at IS NOT NULL" if self.closed else "closed_at IS NULL"]
+        params: list[Any] = [device_id]
+        if self.protocol:
+            clauses.append("protocol = ?")
+            params.append(self.protocol.upper())
+        if self.state:
+            clauses.append("state = ?")
+            params.append(self.state.upper())
+        if self.q:
+            text = self.q.strip()
+            like = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            alternatives = [
+                "source_ip LIKE ? ESCAPE '\\'",
+                "dest_ip LIKE ? ESCAPE '\\'",
+                "process LIKE ? ESCAPE '\\'",
+            ]
+            params.extend([like, like, like])
+            if text.isdigit() and len(text) <= 5:
+                alternatives += ["source_port = ?", "dest_port = ?", "pid = ?"]
+                params.extend([int(text)] * 3)
+            clauses.append("(" + " OR ".join(alternatives) + ")")
+        return " AND ".join(clauses), params
+
+
+async def device_connections(
+    db: Database, device: aiosqlite.Row, flt: ConnectionFilter
+) -> tuple[list[schemas.ConnectionOut], int]:
+    """The filtered connections of a device (one page) and how many matched in all."""
+    where, params = flt.where(device["id"])
+    order = "closed_at DESC" if flt.closed else "protocol, source_port, dest_ip, dest_port"
+    rows = await db.fetchall(
+        f"SELECT * FROM connections WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
+        [*params, flt.limit, flt.offset],
+    )
+    count_row = await db.fetchone(f"SELECT count(*) FROM connections WHERE {where}", params)
+    device_last_seen = device["last_seen"]
+    out = [
+        schemas.ConnectionOut(
+            protocol=row["protocol"],
+            family=row["family"],
+            source_ip=row["source_ip"],
+            source_port=row["source_port"],
+            dest_ip=row["dest_ip"],
+            dest_port=row["dest_port"],
+            state=row["state"],
+            pid=row["pid"],
+            process=row["process"],
+            bytes_in=row["bytes_in"],
+            bytes_out=row["bytes_out"],
+            packets_in=row["packets_in"],
+            packets_out=row["packets_out"],
+            first_seen=schemas.timestamp(row["first_seen"]),  # type: ignore[arg-type]
+            # an open connection was in the device's latest report
+            last_seen=schemas.timestamp(  # type: ignore[arg-type]
+                row["last_seen"] if row["closed_at"] is not None else max(row["last_seen"], device_last_seen or 0)
+            ),
+            closed_at=schemas.timestamp(row["closed_at"]),
+        )
+        for row in rows
+    ]
+    return out, int(count_row[0]) if count_row else 0
+
+
+async def connection_summary(db: Database, device_id: int) -> schemas.ConnectionSummary:
+    """Totals over a device's open connections."""
+    row = await db.fetchone(
+        "SELECT count(*), count(DISTINCT source_ip), count(DISTINCT dest_ip), sum(bytes_in),"
+        " sum(bytes_out), sum(packets_in), sum(packets_out) FROM connections"
+        " WHERE device_id = ? AND closed_at IS NULL",
+        (device_id,),
+    )
+    protocols = await db.fetchall(
+        "SELECT protocol, count(*) FROM connections WHERE device_id = ? AND closed_at IS NULL"
+        " GROUP BY protocol ORDER BY protocol",
+        (device_id,),
+    )
+    assert row is not None
+    return schemas.ConnectionSummary(
+        total_connections=row[0],
+        protocols={p[0]: p[1] for p in protocols},
+        unique_source_ips=row[1],
+        unique_dest_ips=row[2],
+        total_bytes_in=row[3] or 0,
+        total_bytes_out=row[4] or 0,
+        total_packets_in=row[5] or 0,
+        total_packets_out=row[6] or 0,
+    )
+
+
+async def traffic(db: Database, device_id: int, since: float) -> list[schemas.TrafficSample]:
+    """One sample per report since a time, oldest first."""
+    rows = await db.fetchall(
+        "SELECT t, bytes_in, bytes_out, packets_in, packets_out, connections FROM traffic"
+        " WHERE device_id = ? AND t >= ? ORDER BY t",
+        (device_id, since),
+    )
+    return [
+        schemas.TrafficSample(schemas.timestamp(r[0]), r[1], r[2], r[3], r[4], r[5])  # type: ignore[arg-type]
+        for r in rows
+    ]
+
+
+async def destinations(db: Database, device: aiosqlite.Row, limit: int = 500) -> list[schemas.Destination]:
+    """Remote endpoints: history plus what the open connections to each have moved so far."""
+    rows = await db.fetchall(
+        "SELECT d.protocol, d.ip, d.port, d.first_seen, d.last_seen,"
+        " d.bytes_in + coalesce(o.bytes_in, 0) AS total_in,"
+        " d.bytes_out + coalesce(o.bytes_out, 0) AS total_out, coalesce(o.n, 0) AS n"
+        " FROM destinations d LEFT JOIN ("
+        "   SELECT protocol, dest_ip, dest_port, sum(coalesce(bytes_in, 0)) AS bytes_in,"
+        "   sum(coalesce(bytes_out, 0)) AS bytes_out, count(*) AS n FROM connections"
+        "   WHERE device_id = ? AND closed_at IS NULL GROUP BY protocol, dest_ip, dest_port"
+        " ) o ON o.protocol = d.protocol AND o.dest_ip = d.ip AND o.dest_port = d.port"
+        " WHERE d.device_id = ? ORDER BY total_in + total_out DESC, d.last_seen DESC LIMIT ?",
+        (device["id"], device["id"], limit),
+    )
+    device_last_seen = device["last_seen"] or 0
+    return [
+        schemas.Destination(
+            protocol=r[0],
+            ip=r[1],
+            port=r[2],
+            first_seen=schemas.timestamp(r[3]),  # type: ignore[arg-type]
+            last_seen=schemas.timestamp(max(r[4], device_last_seen) if r[7] else r[4]),  # type: ignore[arg-type]
+            bytes_in=r[5],
+            bytes_out=r[6],
+            open_connections=r[7],
+        )
+        for r in rows
+    ]
