@@ -103,7 +103,7 @@ class ServerSettings:
         import secrets
 
         secret = secrets.token_urlsafe(48).encode()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "wb") as handle:
             handle.write(secret)

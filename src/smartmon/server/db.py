@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -217,7 +218,9 @@ class Database:
     @classmethod
     async def open(cls, path: Path, readers: int = 2) -> Database:
         """Open (creating and migrating as needed) the database file."""
-        path.parent.mkdir(parents=True, exist_ok=True)
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if not path.exists():  # SQLite gives the -wal and -shm files the same mode
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
         writer = await connect(path)
         try:
             await migrate(writer)

@@ -1,0 +1,55 @@
+"""Run the app under uvicorn: bind first (clear errors), stop cleanly on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import sys
+
+import uvicorn
+
+from smartmon.server.app import create_app
+from smartmon.settings import ServerSettings
+
+log = logging.getLogger("smartmon.server")
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket; raises OSError (e.g. address in use) before anything starts."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def run(settings: ServerSettings, log_level: str = "info") -> None:
+    """Serve until SIGINT/SIGTERM; in-flight requests finish and the database closes."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)  # loads or creates the JWT secret: fails early on a bad one
+    sock = bind(settings.host, settings.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"smartmon serving on http://{shown}:{port} (data: {settings.data_dir})", file=sys.stderr, flush=True)
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        access_log=False,
+        timeout_graceful_shutdown=10,
+        server_header=False,
+        proxy_headers=False,
+        ws_max_size=1 << 20,
+    )
+    server = uvicorn.Server(config)
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+    if not server.started:
+        raise OSError(f"the server failed to start on {shown}:{port}; see the log above")
