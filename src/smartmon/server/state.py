@@ -6,6 +6,7 @@ from typing import Any
 
 from litestar import Request
 from litestar.datastructures import State
+from litestar.di import NamedDependency
 
 from smartmon.server import store
 from smartmon.server.auth import (
@@ -129,3 +130,7 @@ async def device_from_key(server: ServerState, key: str) -> int:
         if generation == server.key_generation:
             server.device_keys[key_hash] = device_id
     return device_id
+
+
+ServerDep = NamedDependency[ServerState]
+CallerDep = NamedDependency[Caller]

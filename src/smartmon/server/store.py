@@ -14,7 +14,7 @@ from typing import Any
 import aiosqlite
 import msgspec
 
-from smartmon.server import schemas
+from smartmon import api
 from smartmon.server.db import Database
 from smartmon.server.errors import ApiError, not_found
 from smartmon.wire import Capabilities
@@ -41,15 +41,15 @@ class User:
         """Admins see and manage every device."""
         return self.role == "admin"
 
-    def out(self) -> schemas.UserOut:
+    def out(self) -> api.UserOut:
         """The user as the API shows it."""
-        return schemas.UserOut(
+        return api.UserOut(
             id=self.id,
             username=self.username,
             role=self.role,  # type: ignore[arg-type]
             email=self.email,
             disabled=self.disabled,
-            created_at=schemas.timestamp(self.created_at),
+            created_at=api.timestamp(self.created_at),
         )
 
 
@@ -172,20 +172,20 @@ async def insert_enrollment_token(
     return cursor.lastrowid
 
 
-async def list_enrollment_tokens(db: Database, user_id: int) -> list[schemas.TokenInfo]:
+async def list_enrollment_tokens(db: Database, user_id: int) -> list[api.TokenInfo]:
     """A user's enrollment tokens, newest first, without secrets."""
     rows = await db.fetchall(
         "SELECT * FROM enrollment_tokens WHERE user_id = ? ORDER BY id DESC", (user_id,)
     )
     now = time.time()
     return [
-        schemas.TokenInfo(
+        api.TokenInfo(
             id=row["id"],
             name=row["name"],
-            created_at=schemas.timestamp(row["created_at"]),  # type: ignore[arg-type]
-            expires_at=schemas.timestamp(row["expires_at"]),
-            revoked_at=schemas.timestamp(row["revoked_at"]),
-            last_used_at=schemas.timestamp(row["last_used_at"]),
+            created_at=api.timestamp(row["created_at"]),  # type: ignore[arg-type]
+            expires_at=api.timestamp(row["expires_at"]),
+            revoked_at=api.timestamp(row["revoked_at"]),
+            last_used_at=api.timestamp(row["last_used_at"]),
             status=_token_status(row, now),  # type: ignore[arg-type]
         )
         for row in rows
@@ -318,13 +318,13 @@ def online(last_seen: float | None, interval_s: float, now: float) -> bool:
     return last_seen is not None and now - last_seen <= max(3 * interval_s, ONLINE_MIN_S)
 
 
-def device_out(row: aiosqlite.Row, now: float) -> schemas.Device:
+def device_out(row: aiosqlite.Row, now: float) -> api.Device:
     """A devices row (joined with its owner's name) as the API shows it."""
     capabilities = (
         msgspec.json.decode(row["capabilities"], type=Capabilities) if row["capabilities"] else None
     )
     is_online = online(row["last_seen"], row["interval_s"], now)
-    return schemas.Device(
+    return api.Device(
         id=row["id"],
         device_name=row["name"],
         username=row["username"],
@@ -332,9 +332,9 @@ def device_out(row: aiosqlite.Row, now: float) -> schemas.Device:
         connection_count=row["connection_count"],
         protocols=json.loads(row["protocols"]),
         unique_ips=json.loads(row["unique_ips"]),
-        last_seen=schemas.timestamp(row["last_seen"]),
-        registered_at=schemas.timestamp(row["registered_at"]),  # type: ignore[arg-type]
-        collected_at=schemas.timestamp(row["collected_at"]),
+        last_seen=api.timestamp(row["last_seen"]),
+        registered_at=api.timestamp(row["registered_at"]),  # type: ignore[arg-type]
+        collected_at=api.timestamp(row["collected_at"]),
         interval_s=row["interval_s"],
         bytes_in=row["bytes_in"],
         bytes_out=row["bytes_out"],
@@ -342,14 +342,14 @@ def device_out(row: aiosqlite.Row, now: float) -> schemas.Device:
         bytes_out_rate=row["bytes_out_rate"] if is_online else 0.0,
         dropped_reports=row["dropped_reports"],
         key_active=row["key_hash"] is not None,
-        agent=schemas.AgentOut(row["agent_version"], row["os"], row["hostname"], capabilities),
+        agent=api.AgentOut(row["agent_version"], row["os"], row["hostname"], capabilities),
     )
 
 
-def fleet_stats(devices: list[schemas.Device]) -> schemas.FleetStats:
+def fleet_stats(devices: list[api.Device]) -> api.FleetStats:
     """Totals over a list of devices."""
     online_count = sum(1 for d in devices if d.status == "online")
-    return schemas.FleetStats(
+    return api.FleetStats(
         total_devices=len(devices),
         online_devices=online_count,
         offline_devices=len(devices) - online_count,
@@ -359,7 +359,7 @@ def fleet_stats(devices: list[schemas.Device]) -> schemas.FleetStats:
     )
 
 
-async def list_devices(db: Database, owner: int | None) -> list[schemas.Device]:
+async def list_devices(db: Database, owner: int | None) -> list[api.Device]:
     """Devices of one owner, or of everyone (owner None), by name."""
     now = time.time()
     if owner is None:
@@ -415,7 +415,7 @@ class ConnectionFilter:
 
 async def device_connections(
     db: Database, device: aiosqlite.Row, flt: ConnectionFilter
-) -> tuple[list[schemas.ConnectionOut], int]:
+) -> tuple[list[api.ConnectionOut], int]:
     """The filtered connections of a device (one page) and how many matched in all."""
     where, params = flt.where(device["id"])
     order = "closed_at DESC" if flt.closed else "protocol, source_port, dest_ip, dest_port"
@@ -426,7 +426,7 @@ async def device_connections(
     count_row = await db.fetchone(f"SELECT count(*) FROM connections WHERE {where}", params)
     device_last_seen = device["last_seen"]
     out = [
-        schemas.ConnectionOut(
+        api.ConnectionOut(
             protocol=row["protocol"],
             family=row["family"],
             source_ip=row["source_ip"],
@@ -440,19 +440,19 @@ async def device_connections(
             bytes_out=row["bytes_out"],
             packets_in=row["packets_in"],
             packets_out=row["packets_out"],
-            first_seen=schemas.timestamp(row["first_seen"]),  # type: ignore[arg-type]
+            first_seen=api.timestamp(row["first_seen"]),  # type: ignore[arg-type]
             # an open connection was in the device's latest report
-            last_seen=schemas.timestamp(  # type: ignore[arg-type]
+            last_seen=api.timestamp(  # type: ignore[arg-type]
                 row["last_seen"] if row["closed_at"] is not None else max(row["last_seen"], device_last_seen or 0)
             ),
-            closed_at=schemas.timestamp(row["closed_at"]),
+            closed_at=api.timestamp(row["closed_at"]),
         )
         for row in rows
     ]
     return out, int(count_row[0]) if count_row else 0
 
 
-async def connection_summary(db: Database, device_id: int) -> schemas.ConnectionSummary:
+async def connection_summary(db: Database, device_id: int) -> api.ConnectionSummary:
     """Totals over a device's open connections."""
     row = await db.fetchone(
         "SELECT count(*), count(DISTINCT source_ip), count(DISTINCT dest_ip), sum(bytes_in),"
@@ -466,7 +466,7 @@ async def connection_summary(db: Database, device_id: int) -> schemas.Connection
         (device_id,),
     )
     assert row is not None
-    return schemas.ConnectionSummary(
+    return api.ConnectionSummary(
         total_connections=row[0],
         protocols={p[0]: p[1] for p in protocols},
         unique_source_ips=row[1],
@@ -478,7 +478,7 @@ async def connection_summary(db: Database, device_id: int) -> schemas.Connection
     )
 
 
-async def traffic(db: Database, device_id: int, since: float) -> list[schemas.TrafficSample]:
+async def traffic(db: Database, device_id: int, since: float) -> list[api.TrafficSample]:
     """One sample per report since a time, oldest first."""
     rows = await db.fetchall(
         "SELECT t, bytes_in, bytes_out, packets_in, packets_out, connections FROM traffic"
@@ -486,12 +486,12 @@ async def traffic(db: Database, device_id: int, since: float) -> list[schemas.Tr
         (device_id, since),
     )
     return [
-        schemas.TrafficSample(schemas.timestamp(r[0]), r[1], r[2], r[3], r[4], r[5])  # type: ignore[arg-type]
+        api.TrafficSample(api.timestamp(r[0]), r[1], r[2], r[3], r[4], r[5])  # type: ignore[arg-type]
         for r in rows
     ]
 
 
-async def destinations(db: Database, device: aiosqlite.Row, limit: int = 500) -> list[schemas.Destination]:
+async def destinations(db: Database, device: aiosqlite.Row, limit: int = 500) -> list[api.Destination]:
     """Remote endpoints: history plus what the open connections to each have moved so far."""
     rows = await db.fetchall(
         "SELECT d.protocol, d.ip, d.port, d.first_seen, d.last_seen,"
@@ -507,12 +507,12 @@ async def destinations(db: Database, device: aiosqlite.Row, limit: int = 500) ->
     )
     device_last_seen = device["last_seen"] or 0
     return [
-        schemas.Destination(
+        api.Destination(
             protocol=r[0],
             ip=r[1],
             port=r[2],
-            first_seen=schemas.timestamp(r[3]),  # type: ignore[arg-type]
-            last_seen=schemas.timestamp(max(r[4], device_last_seen) if r[7] else r[4]),  # type: ignore[arg-type]
+            first_seen=api.timestamp(r[3]),  # type: ignore[arg-type]
+            last_seen=api.timestamp(max(r[4], device_last_seen) if r[7] else r[4]),  # type: ignore[arg-type]
             bytes_in=r[5],
             bytes_out=r[6],
             open_connections=r[7],

@@ -5,13 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, get, post
+from litestar.params import JSONBody
 from litestar.di import Provide
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
-from smartmon.server import schemas, store
+from smartmon import api
+from smartmon.server import store
 from smartmon.server.auth import hash_password, verify_password
 from smartmon.server.errors import ApiError, unauthorized
-from smartmon.server.state import Caller, ServerState, caller
+from smartmon.server.state import Caller, CallerDep, ServerDep, ServerState, caller
 
 
 def client_address(request: Request[Any, Any, Any]) -> str:
@@ -19,16 +21,16 @@ def client_address(request: Request[Any, Any, Any]) -> str:
     return request.client.host if request.client else "unknown"
 
 
-def login_result(server: ServerState, user: store.User) -> schemas.LoginResult:
+def login_result(server: ServerDep, user: store.User) -> api.LoginResult:
     """A fresh access token for a user."""
     token, expires_at = server.signer.issue(user.id, user.role)
-    return schemas.LoginResult(
-        access_token=token, expires_at=schemas.timestamp(expires_at), user=user.out()  # type: ignore[arg-type]
+    return api.LoginResult(
+        access_token=token, expires_at=api.timestamp(expires_at), user=user.out()  # type: ignore[arg-type]
     )
 
 
 async def create_account(
-    server: ServerState, body: schemas.RegisterBody | schemas.CreateUserBody, role: str | None, *, self_service: bool
+    server: ServerDep, body: api.RegisterBody | api.CreateUserBody, role: str | None, *, self_service: bool
 ) -> store.User:
     """Hash the password, then create the account in one write."""
     password_hash = await hash_password(body.password)
@@ -47,14 +49,14 @@ async def create_account(
 
 
 @post("/api/auth/register", status_code=HTTP_201_CREATED, tags=["auth"])
-async def register(data: schemas.RegisterBody, server: ServerState) -> schemas.LoginResult:
+async def register(data: JSONBody[api.RegisterBody], server: ServerDep) -> api.LoginResult:
     """Create an account (the first one becomes admin) and log it in."""
     user = await create_account(server, data, None, self_service=True)
     return login_result(server, user)
 
 
 @post("/api/auth/login", status_code=HTTP_200_OK, tags=["auth"])
-async def login(data: schemas.LoginBody, server: ServerState, request: Request[Any, Any, Any]) -> schemas.LoginResult:
+async def login(data: JSONBody[api.LoginBody], server: ServerDep, request: Request[Any, Any, Any]) -> api.LoginResult:
     """Exchange a username and password for an access token."""
     address = client_address(request)
     wait = server.limiter.retry_after(data.username, address)
@@ -76,15 +78,15 @@ async def login(data: schemas.LoginBody, server: ServerState, request: Request[A
 
 
 @post("/api/auth/logout", status_code=HTTP_200_OK, tags=["auth"], dependencies={"who": Provide(caller)})
-async def logout(who: Caller, server: ServerState) -> schemas.Done:
+async def logout(who: CallerDep, server: ServerDep) -> api.Done:
     """Revoke the access token this request carries, at once."""
     await server.db.write(lambda conn: store.revoke_jti(conn, who.jti, who.expires_at))
     server.revoked.add(who.jti)
-    return schemas.Done(detail="logged out")
+    return api.Done(detail="logged out")
 
 
 @get("/api/auth/me", tags=["auth"], dependencies={"who": Provide(caller)})
-async def me(who: Caller) -> schemas.UserOut:
+async def me(who: CallerDep) -> api.UserOut:
     """The logged-in user."""
     return who.user.out()
 

@@ -7,17 +7,18 @@ from typing import Annotated, Any, Literal
 
 from litestar import delete, get, post
 from litestar.di import Provide
-from litestar.params import Parameter
+from litestar.params import FromPath, QueryParameter
 from litestar.status_codes import HTTP_200_OK
 
-from smartmon.server import schemas, store
+from smartmon import api
+from smartmon.server import store
 from smartmon.server.errors import not_found
-from smartmon.server.state import Caller, ServerState, caller
+from smartmon.server.state import Caller, CallerDep, ServerDep, ServerState, caller
 
 USER = {"who": Provide(caller)}
 
 
-async def owned_device(server: ServerState, who: Caller, device_id: int) -> Any:
+async def owned_device(server: ServerDep, who: CallerDep, device_id: FromPath[int]) -> Any:
     """The device row if the caller may see it; 404 (never 403) otherwise."""
     row = await store.device_row(server.db, device_id)
     if row is None or (row["user_id"] != who.user.id and not who.user.is_admin):
@@ -26,31 +27,31 @@ async def owned_device(server: ServerState, who: Caller, device_id: int) -> Any:
 
 
 @get("/api/dashboard/users", tags=["dashboard"], dependencies=USER)
-async def list_devices(who: Caller, server: ServerState) -> schemas.DeviceList:
+async def list_devices(who: CallerDep, server: ServerDep) -> api.DeviceList:
     """Devices visible to the caller (admins: all) with fleet stats."""
     devices = await store.list_devices(server.db, None if who.user.is_admin else who.user.id)
-    return schemas.DeviceList(stats=store.fleet_stats(devices), data=devices)
+    return api.DeviceList(stats=store.fleet_stats(devices), data=devices)
 
 
 @get("/api/dashboard/user/{device_id:int}", tags=["dashboard"], dependencies=USER)
 async def device_detail(
-    who: Caller,
-    device_id: int,
-    server: ServerState,
-    protocol: Annotated[Literal["TCP", "UDP", "tcp", "udp"] | None, Parameter(description="TCP or UDP")] = None,
-    state_filter: Annotated[str | None, Parameter(query="state", max_length=16, description="e.g. ESTABLISHED")] = None,
-    q: Annotated[str | None, Parameter(max_length=128, description="IP, port or process")] = None,
-    closed: Annotated[bool, Parameter(description="closed connections (history) instead")] = False,
-    limit: Annotated[int, Parameter(ge=1, le=10_000)] = 1000,
-    offset: Annotated[int, Parameter(ge=0, le=10_000_000)] = 0,
-) -> schemas.DeviceDetailResponse:
+    who: CallerDep,
+    device_id: FromPath[int],
+    server: ServerDep,
+    protocol: Annotated[Literal["TCP", "UDP", "tcp", "udp"] | None, QueryParameter(description="TCP or UDP")] = None,
+    state_filter: Annotated[str | None, QueryParameter(name="state", max_length=16, description="e.g. ESTABLISHED")] = None,
+    q: Annotated[str | None, QueryParameter(max_length=128, description="IP, port or process")] = None,
+    closed: Annotated[bool, QueryParameter(description="closed connections (history) instead")] = False,
+    limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
+    offset: Annotated[int, QueryParameter(ge=0, le=10_000_000)] = 0,
+) -> api.DeviceDetailResponse:
     """One device: connections (filtered), summary, last hour of traffic, destinations."""
     row = await owned_device(server, who, device_id)
     flt = store.ConnectionFilter(protocol, state_filter, q, closed, limit, offset)
     connections, matched = await store.device_connections(server.db, row, flt)
     now = time.time()
     device = store.device_out(row, now)
-    detail = schemas.DeviceDetail(
+    detail = api.DeviceDetail(
         **{f: getattr(device, f) for f in device.__struct_fields__},
         connections=connections,
         matched_connections=matched,
@@ -58,26 +59,26 @@ async def device_detail(
         traffic=await store.traffic(server.db, device_id, now - store.TRAFFIC_WINDOW_S),
         destinations=await store.destinations(server.db, row),
     )
-    return schemas.DeviceDetailResponse(data=detail)
+    return api.DeviceDetailResponse(data=detail)
 
 
 @delete("/api/dashboard/user/{device_id:int}", status_code=HTTP_200_OK, tags=["dashboard"], dependencies=USER)
-async def delete_device(who: Caller, device_id: int, server: ServerState) -> schemas.Done:
+async def delete_device(who: CallerDep, device_id: FromPath[int], server: ServerDep) -> api.Done:
     """Delete a device and all its data (owner or admin)."""
     row = await owned_device(server, who, device_id)
     await server.db.write(lambda conn: store.delete_device(conn, device_id))
     server.forget_key(row["key_hash"])
     server.ingest.forget(device_id)
-    return schemas.Done(detail="device deleted")
+    return api.Done(detail="device deleted")
 
 
 @post("/api/devices/{device_id:int}/revoke", status_code=HTTP_200_OK, tags=["dashboard"], dependencies=USER)
-async def revoke_device(who: Caller, device_id: int, server: ServerState) -> schemas.Done:
+async def revoke_device(who: CallerDep, device_id: FromPath[int], server: ServerDep) -> api.Done:
     """Revoke a device's key; its data stays, and enrolling again gives a new key."""
     row = await owned_device(server, who, device_id)
     await server.db.write(lambda conn: store.revoke_device_key(conn, device_id))
     server.forget_key(row["key_hash"])
-    return schemas.Done(detail="device key revoked")
+    return api.Done(detail="device key revoked")
 
 
 handlers = [list_devices, device_detail, delete_device, revoke_device]

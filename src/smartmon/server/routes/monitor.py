@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import msgspec
 from litestar import Request, Response, post
-from litestar.params import Parameter
+from litestar.params import HeaderParameter, JSONBody
 from litestar.status_codes import HTTP_200_OK
 
 from smartmon import wire
@@ -15,7 +15,7 @@ from smartmon.server import store
 from smartmon.server.auth import DEVICE_KEY_PREFIX, ENROLLMENT_PREFIX, new_secret, secret_hash
 from smartmon.server.errors import ApiError, unauthorized, validation_body
 from smartmon.server.ingest import Applied, Incoming, LegacyIncoming
-from smartmon.server.state import ServerState, bearer, device_from_key, server_state, user_from_token
+from smartmon.server.state import ServerDep, ServerState, bearer, device_from_key, server_state, user_from_token
 
 INGEST_GROUP = "ingest"
 LEGACY_SESSION_S = 30 * 86400
@@ -23,7 +23,7 @@ LEGACY_SESSION_S = 30 * 86400
 
 @post("/api/monitor/register", status_code=HTTP_200_OK, tags=["monitor"])
 async def register_device(
-    data: wire.DeviceRegistration, server: ServerState, request: Request[Any, Any, Any]
+    data: JSONBody[wire.DeviceRegistration], server: ServerDep, request: Request[Any, Any, Any]
 ) -> wire.DeviceCredentials:
     """Enroll a device with an enrollment token or access token; returns its device key.
 
@@ -133,10 +133,10 @@ async def legacy_or_device(request: Request[Any, Any, Any]) -> Response[Any] | N
 
 @post("/api/monitor/connections", status_code=HTTP_200_OK, tags=["monitor"], before_request=legacy_or_device)
 async def ingest(
-    data: wire.Report,
-    server: ServerState,
+    data: JSONBody[wire.Report],
+    server: ServerDep,
     request: Request[Any, Any, Any],
-    authorization: Annotated[str, Parameter(header="authorization", description="Bearer <device key>")],
+    authorization: Annotated[str, HeaderParameter(name="authorization", description="Bearer <device key>")],
 ) -> wire.IngestResult:
     """Store one batched report from a device (gzip welcome); answered once committed.
 

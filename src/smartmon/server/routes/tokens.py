@@ -6,21 +6,23 @@ import time
 from typing import Any
 
 from litestar import delete, get, post
+from litestar.params import FromPath, JSONBody
 from litestar.di import Provide
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
-from smartmon.server import schemas, store
+from smartmon import api
+from smartmon.server import store
 from smartmon.server.auth import ENROLLMENT_PREFIX, new_secret, secret_hash
 from smartmon.server.errors import not_found
-from smartmon.server.state import Caller, ServerState, caller
+from smartmon.server.state import Caller, CallerDep, ServerDep, ServerState, caller
 
 USER = {"who": Provide(caller)}
 
 
 @post("/api/tokens", status_code=HTTP_201_CREATED, tags=["tokens"], dependencies=USER)
-async def create_token(who: Caller, server: ServerState, data: schemas.TokenCreateBody | None = None) -> schemas.TokenCreated:
+async def create_token(who: CallerDep, server: ServerDep, data: JSONBody[api.TokenCreateBody | None] = None) -> api.TokenCreated:
     """A new enrollment token for agents; the secret appears only in this answer."""
-    body = data or schemas.TokenCreateBody()
+    body = data or api.TokenCreateBody()
     token = new_secret(ENROLLMENT_PREFIX)
     expires_at = time.time() + body.expires_days * 86400 if body.expires_days else None
     name = body.name or time.strftime("token %Y-%m-%d %H:%M")
@@ -29,21 +31,21 @@ async def create_token(who: Caller, server: ServerState, data: schemas.TokenCrea
         return await store.insert_enrollment_token(conn, who.user.id, name, secret_hash(token), expires_at)
 
     token_id = await server.db.write(insert)
-    return schemas.TokenCreated(id=token_id, name=name, token=token, expires_at=schemas.timestamp(expires_at))
+    return api.TokenCreated(id=token_id, name=name, token=token, expires_at=api.timestamp(expires_at))
 
 
 @get("/api/tokens", tags=["tokens"], dependencies=USER)
-async def list_tokens(who: Caller, server: ServerState) -> list[schemas.TokenInfo]:
+async def list_tokens(who: CallerDep, server: ServerDep) -> list[api.TokenInfo]:
     """The caller's enrollment tokens, newest first."""
     return await store.list_enrollment_tokens(server.db, who.user.id)
 
 
 @delete("/api/tokens/{token_id:int}", status_code=HTTP_200_OK, tags=["tokens"], dependencies=USER)
-async def revoke_token(who: Caller, token_id: int, server: ServerState) -> schemas.Done:
+async def revoke_token(who: CallerDep, token_id: FromPath[int], server: ServerDep) -> api.Done:
     """Revoke an enrollment token; devices already enrolled keep their keys."""
     if not await server.db.write(lambda conn: store.revoke_enrollment_token(conn, who.user.id, token_id)):
         raise not_found("token")
-    return schemas.Done(detail="token revoked")
+    return api.Done(detail="token revoked")
 
 
 handlers = [create_token, list_tokens, revoke_token]

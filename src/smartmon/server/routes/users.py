@@ -5,25 +5,27 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import get, patch, post
+from litestar.params import FromPath, JSONBody
 from litestar.di import Provide
 from litestar.status_codes import HTTP_201_CREATED
 
-from smartmon.server import schemas, store
+from smartmon import api
+from smartmon.server import store
 from smartmon.server.errors import ApiError, not_found
 from smartmon.server.routes.auth import create_account
-from smartmon.server.state import Caller, ServerState, admin
+from smartmon.server.state import Caller, CallerDep, ServerDep, ServerState, admin
 
 ADMIN = {"who": Provide(admin)}
 
 
 @get("/api/users", tags=["users"], dependencies=ADMIN)
-async def list_users(who: Caller, server: ServerState) -> list[schemas.UserOut]:
+async def list_users(who: CallerDep, server: ServerDep) -> list[api.UserOut]:
     """Every account."""
     return [user.out() for user in await store.list_users(server.db)]
 
 
 @post("/api/users", status_code=HTTP_201_CREATED, tags=["users"], dependencies=ADMIN)
-async def create_user(who: Caller, data: schemas.CreateUserBody, server: ServerState) -> schemas.UserOut:
+async def create_user(who: CallerDep, data: JSONBody[api.CreateUserBody], server: ServerDep) -> api.UserOut:
     """Create an account with a role, whether or not registration is open."""
     user = await create_account(server, data, data.role, self_service=False)
     return user.out()
@@ -31,8 +33,8 @@ async def create_user(who: Caller, data: schemas.CreateUserBody, server: ServerS
 
 @patch("/api/users/{user_id:int}", tags=["users"], dependencies=ADMIN)
 async def update_user(
-    who: Caller, user_id: int, data: schemas.UpdateUserBody, server: ServerState
-) -> schemas.UserOut:
+    who: CallerDep, user_id: FromPath[int], data: JSONBody[api.UpdateUserBody], server: ServerDep
+) -> api.UserOut:
     """Change a role or disable an account; a disabled user's tokens stop working at once."""
     target = await store.user_by_id(server.db, user_id)
     if target is None:

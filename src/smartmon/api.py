@@ -1,4 +1,4 @@
-"""Request and response bodies of the HTTP API (camelCase JSON, OpenAPI at /schema)."""
+"""Bodies of the HTTP API and the live stream (camelCase JSON), shared by server, CLI and TUI."""
 
 from __future__ import annotations
 
@@ -232,3 +232,67 @@ class Done(Struct):
 
     success: bool = True
     detail: str | None = None
+
+
+# ---- live stream (GET /api/stream, WebSocket) ------------------------------------------------
+# The client may send {"subscribe": [deviceId, ...]} at any time (replacing its subscription)
+# to receive `connections` events for those devices. Every event has a "type" field.
+
+
+class Event(Struct, tag_field="type"):
+    """Base of stream events."""
+
+
+class HelloEvent(Event, tag="hello"):
+    """First event on a new stream: who is connected, and the current fleet."""
+
+    user: UserOut
+    stats: FleetStats
+    devices: list[Device]
+
+
+class DeviceEvent(Event, tag="device"):
+    """A device's summary changed (a report was committed, or it went offline)."""
+
+    device: Device
+
+
+class StatsEvent(Event, tag="stats"):
+    """The fleet stats changed."""
+
+    stats: FleetStats
+
+
+class ConnectionsEvent(Event, tag="connections"):
+    """What one report of a subscribed device opened, changed and closed."""
+
+    device_id: int
+    opened: list[ConnectionOut]
+    changed: list[ConnectionOut]
+    closed: list[ConnectionOut]
+
+
+class DeviceRemovedEvent(Event, tag="device_removed"):
+    """A device was deleted."""
+
+    device_id: int
+
+
+class ResyncEvent(Event, tag="resync"):
+    """The client fell behind and events were dropped: reload everything over REST."""
+
+    reason: str
+
+
+StreamEvent = HelloEvent | DeviceEvent | StatsEvent | ConnectionsEvent | DeviceRemovedEvent | ResyncEvent
+
+
+class Subscribe(Struct):
+    """Client -> server: the devices whose connections to stream."""
+
+    subscribe: list[int]
+
+
+def decode_event(data: bytes | str) -> StreamEvent:
+    """Decode one stream event."""
+    return msgspec.json.decode(data, type=StreamEvent)  # type: ignore[arg-type]
