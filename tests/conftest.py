@@ -34,7 +34,11 @@ USER_PASSWORD = "user-password-1"
 def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own XDG dirs and none of the caller's smartmon environment."""
     home = tmp_path / "home"
-    for name, sub in (("XDG_CONFIG_HOME", "config"), ("XDG_DATA_HOME", "data"), ("XDG_STATE_HOME", "state")):
+    for name, sub in (
+        ("XDG_CONFIG_HOME", "config"),
+        ("XDG_DATA_HOME", "data"),
+        ("XDG_STATE_HOME", "state"),
+    ):
         (home / sub).mkdir(parents=True)
         monkeypatch.setenv(name, str(home / sub))
     monkeypatch.setenv("HOME", str(home))
@@ -88,7 +92,9 @@ class LiveServer:
             self._thread.join(timeout=15)
         self._server = self._thread = None
 
-    def request(self, method: str, path: str, token: str | None = None, **kwargs: Any) -> httpx.Response:
+    def request(
+        self, method: str, path: str, token: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
         """One HTTP request to the server."""
         headers = dict(kwargs.pop("headers", {}) or {})
         if token:
@@ -99,9 +105,15 @@ class LiveServer:
     def admin_token(self) -> str:
         """An access token of the first account (an admin), registered on first use."""
         if self._admin_token is None:
-            r = self.request("POST", "/api/auth/register", json={"username": "admin", "password": ADMIN_PASSWORD})
+            r = self.request(
+                "POST", "/api/auth/register", json={"username": "admin", "password": ADMIN_PASSWORD}
+            )
             if r.status_code == 403:  # already registered before a restart
-                r = self.request("POST", "/api/auth/login", json={"username": "admin", "password": ADMIN_PASSWORD})
+                r = self.request(
+                    "POST",
+                    "/api/auth/login",
+                    json={"username": "admin", "password": ADMIN_PASSWORD},
+                )
             assert r.status_code in (200, 201), r.text
             self._admin_token = r.json()["accessToken"]
         return self._admin_token
@@ -109,23 +121,33 @@ class LiveServer:
     def user_token(self, username: str) -> str:
         """Create a plain user through the admin API and return its access token."""
         r = self.request(
-            "POST", "/api/users", self.admin_token, json={"username": username, "password": USER_PASSWORD}
+            "POST",
+            "/api/users",
+            self.admin_token,
+            json={"username": username, "password": USER_PASSWORD},
         )
         assert r.status_code == 201, r.text
-        r = self.request("POST", "/api/auth/login", json={"username": username, "password": USER_PASSWORD})
+        r = self.request(
+            "POST", "/api/auth/login", json={"username": username, "password": USER_PASSWORD}
+        )
         assert r.status_code == 200, r.text
         return str(r.json()["accessToken"])
 
     def enrollment_token(self, access_token: str | None = None) -> str:
         """A fresh enrollment token of the given user (default: admin)."""
-        r = self.request("POST", "/api/tokens", access_token or self.admin_token, json={"name": "test"})
+        r = self.request(
+            "POST", "/api/tokens", access_token or self.admin_token, json={"name": "test"}
+        )
         assert r.status_code == 201, r.text
         return str(r.json()["token"])
 
     def enroll(self, device_name: str, access_token: str | None = None) -> tuple[int, str]:
         """Enroll a device; returns (device id, device key)."""
         r = self.request(
-            "POST", "/api/monitor/register", self.enrollment_token(access_token), json={"deviceName": device_name}
+            "POST",
+            "/api/monitor/register",
+            self.enrollment_token(access_token),
+            json={"deviceName": device_name},
         )
         assert r.status_code == 200, r.text
         return int(r.json()["deviceId"]), str(r.json()["deviceKey"])

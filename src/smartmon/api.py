@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, overload
 
 import msgspec
 from msgspec import Meta
@@ -16,6 +16,12 @@ Email = Annotated[str, Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")]
 Role = Literal["admin", "user"]
 
 
+@overload
+def timestamp(value: float) -> datetime: ...
+@overload
+def timestamp(value: None) -> None: ...
+@overload
+def timestamp(value: float | None) -> datetime | None: ...
 def timestamp(value: float | None) -> datetime | None:
     """Epoch seconds as an aware UTC datetime (None stays None)."""
     return None if value is None else datetime.fromtimestamp(value, UTC)
@@ -284,7 +290,9 @@ class ResyncEvent(Event, tag="resync"):
     reason: str
 
 
-StreamEvent = HelloEvent | DeviceEvent | StatsEvent | ConnectionsEvent | DeviceRemovedEvent | ResyncEvent
+StreamEvent = (
+    HelloEvent | DeviceEvent | StatsEvent | ConnectionsEvent | DeviceRemovedEvent | ResyncEvent
+)
 
 
 class Subscribe(Struct):
@@ -295,4 +303,4 @@ class Subscribe(Struct):
 
 def decode_event(data: bytes | str) -> StreamEvent:
     """Decode one stream event."""
-    return msgspec.json.decode(data, type=StreamEvent)  # type: ignore[arg-type]
+    return msgspec.json.decode(data, type=StreamEvent)

@@ -27,11 +27,19 @@ app.add_typer(token_app, name="token")
 
 ServerOption = Annotated[
     str | None,
-    typer.Option("--server", "-s", help="Server URL [env: SMARTMON_SERVER, MONITOR_SERVER_URL; default: the saved login's]"),
+    typer.Option(
+        "--server",
+        "-s",
+        help="Server URL [env: SMARTMON_SERVER, MONITOR_SERVER_URL; default: the saved login's]",
+    ),
 ]
 AccessTokenOption = Annotated[
     str | None,
-    typer.Option("--token", help="Access token to use instead of the saved login [env: SMARTMON_ACCESS_TOKEN]", show_default=False),
+    typer.Option(
+        "--token",
+        help="Access token to use instead of the saved login [env: SMARTMON_ACCESS_TOKEN]",
+        show_default=False,
+    ),
 ]
 
 
@@ -78,7 +86,10 @@ class Session:
         if not token:
             login = credentials.load(self.server)
             if login is None:
-                fail(f"not logged in to {self.server}: run `smartmon login --server {self.server}`", ExitCode.AUTH)
+                fail(
+                    f"not logged in to {self.server}: run `smartmon login --server {self.server}`",
+                    ExitCode.AUTH,
+                )
             token = login.token
         self.token = token
         self.client = Client(self.server)
@@ -93,7 +104,10 @@ def _version(value: bool) -> None:
 @app.callback()
 def root(
     version: Annotated[
-        bool, typer.Option("--version", "-V", callback=_version, is_eager=True, help="Show the version and exit.")
+        bool,
+        typer.Option(
+            "--version", "-V", callback=_version, is_eager=True, help="Show the version and exit."
+        ),
     ] = False,
 ) -> None:
     """smartmon: server, agent and terminal dashboard for fleets of networked devices."""
@@ -104,28 +118,50 @@ def root(
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(envvar="SMARTMON_HOST", help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(envvar="SMARTMON_PORT", min=0, max=65535, help="Port to listen on.")] = 8000,
+    host: Annotated[
+        str, typer.Option(envvar="SMARTMON_HOST", help="Address to listen on.")
+    ] = "127.0.0.1",
+    port: Annotated[
+        int, typer.Option(envvar="SMARTMON_PORT", min=0, max=65535, help="Port to listen on.")
+    ] = 8000,
     data_dir: Annotated[
         Path | None,
-        typer.Option(envvar="SMARTMON_DATA_DIR", help="Where smartmon.db and jwt-secret live [default: $XDG_DATA_HOME/smartmon]"),
+        typer.Option(
+            envvar="SMARTMON_DATA_DIR",
+            help="Where smartmon.db and jwt-secret live [default: $XDG_DATA_HOME/smartmon]",
+        ),
     ] = None,
     open_registration: Annotated[
         bool,
-        typer.Option(envvar="SMARTMON_OPEN_REGISTRATION", help="Let anyone register (normally only the first account may)."),
+        typer.Option(
+            envvar="SMARTMON_OPEN_REGISTRATION",
+            help="Let anyone register (normally only the first account may).",
+        ),
     ] = False,
     cors_origin: Annotated[
         list[str] | None,
-        typer.Option(envvar="SMARTMON_CORS_ORIGINS", help="Allow browser access from this origin (repeatable)."),
+        typer.Option(
+            envvar="SMARTMON_CORS_ORIGINS",
+            help="Allow browser access from this origin (repeatable).",
+        ),
     ] = None,
     token_hours: Annotated[
-        float, typer.Option(envvar="SMARTMON_TOKEN_HOURS", min=0.01, max=24 * 366, help="Access token lifetime in hours.")
+        float,
+        typer.Option(
+            envvar="SMARTMON_TOKEN_HOURS",
+            min=0.01,
+            max=24 * 366,
+            help="Access token lifetime in hours.",
+        ),
     ] = 12.0,
-    log_level: Annotated[str, typer.Option(envvar="SMARTMON_LOG_LEVEL", help="debug, info, warning or error.")] = "info",
+    log_level: Annotated[
+        str, typer.Option(envvar="SMARTMON_LOG_LEVEL", help="debug, info, warning or error.")
+    ] = "info",
 ) -> None:
     """Run the API server on SQLite (Ctrl+C stops it cleanly)."""
     from smartmon.server.serve import run
-    from smartmon.settings import ServerSettings, SettingsError, data_dir as default_data_dir, jwt_secret_from_env
+    from smartmon.settings import ServerSettings, SettingsError, jwt_secret_from_env
+    from smartmon.settings import data_dir as default_data_dir
 
     settings = ServerSettings(
         data_dir=(data_dir or default_data_dir()).expanduser().resolve(),
@@ -173,10 +209,15 @@ def _save_login(server: str, result: dict[str, Any]) -> None:
     from smartmon import credentials
 
     credentials.save(credentials.Login(server, result["user"]["username"], result["accessToken"]))
-    typer.echo(f"Logged in to {server} as {result['user']['username']} ({result['user']['role']}).", err=True)
+    typer.echo(
+        f"Logged in to {server} as {result['user']['username']} ({result['user']['role']}).",
+        err=True,
+    )
 
 
-UsernameOption = Annotated[str | None, typer.Option("--username", "-u", help="Account name (asked if missing).")]
+UsernameOption = Annotated[
+    str | None, typer.Option("--username", "-u", help="Account name (asked if missing).")
+]
 PasswordStdinOption = Annotated[
     bool, typer.Option("--password-stdin", help="Read the password from the first line of stdin.")
 ]
@@ -260,7 +301,8 @@ def whoami(server: ServerOption = None, token: AccessTokenOption = None) -> None
 def token_create(
     name: Annotated[str | None, typer.Option("--name", "-n", help="A label for the token.")] = None,
     expires_days: Annotated[
-        float | None, typer.Option("--expires-days", min=0.001, max=3650, help="Expire after this many days.")
+        float | None,
+        typer.Option("--expires-days", min=0.001, max=3650, help="Expire after this many days."),
     ] = None,
     server: ServerOption = None,
     token: AccessTokenOption = None,
@@ -305,7 +347,9 @@ def token_list(
 
 @token_app.command("revoke")
 def token_revoke(
-    token_id: Annotated[int, typer.Argument(help="The token's ID (see `smartmon token list`).", min=1)],
+    token_id: Annotated[
+        int, typer.Argument(help="The token's ID (see `smartmon token list`).", min=1)
+    ],
     server: ServerOption = None,
     token: AccessTokenOption = None,
 ) -> None:
@@ -337,7 +381,9 @@ def _rate(value: float | None) -> str:
 
 @app.command()
 def devices(
-    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON list of devices.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print the JSON list of devices.")
+    ] = False,
     server: ServerOption = None,
     token: AccessTokenOption = None,
 ) -> None:

@@ -86,7 +86,9 @@ def _parse(response: httpx.Response) -> Any:
         try:
             return msgspec.json.decode(response.content)
         except msgspec.DecodeError as exc:
-            raise ApiError(response.status_code, "bad_response", "the server sent invalid JSON") from exc
+            raise ApiError(
+                response.status_code, "bad_response", "the server sent invalid JSON"
+            ) from exc
     error, detail, field = "http_error", response.reason_phrase or "request failed", None
     try:
         body = msgspec.json.decode(response.content)
@@ -149,7 +151,9 @@ class _Calls:
 
     @staticmethod
     def register_device(token: str, registration: wire.DeviceRegistration) -> Call:
-        return Call("POST", "/api/monitor/register", json=msgspec.to_builtins(registration), token=token)
+        return Call(
+            "POST", "/api/monitor/register", json=msgspec.to_builtins(registration), token=token
+        )
 
     @staticmethod
     def devices(token: str) -> Call:
@@ -187,7 +191,12 @@ def _request(http: httpx.Client | httpx.AsyncClient, call: Call) -> httpx.Reques
     if call.token:
         headers["authorization"] = f"Bearer {call.token}"
     return http.build_request(
-        call.method, call.path, json=call.json, params=call.params, content=call.content, headers=headers
+        call.method,
+        call.path,
+        json=call.json,
+        params=call.params,
+        content=call.content,
+        headers=headers,
     )
 
 
@@ -203,7 +212,10 @@ class Client(_Calls):
     ) -> None:
         self.base_url = base_url
         self._http = httpx.Client(
-            base_url=base_url, transport=transport, timeout=timeout, headers={"user-agent": USER_AGENT}
+            base_url=base_url,
+            transport=transport,
+            timeout=timeout,
+            headers={"user-agent": USER_AGENT},
         )
 
     def send(self, call: Call) -> Any:

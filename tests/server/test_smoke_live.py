@@ -14,5 +14,7 @@ def test_report_round_trip(live_server: LiveServer) -> None:
     }  # fmt: skip
     r = live_server.request("POST", "/api/monitor/connections", key, json=report)
     assert r.status_code == 200 and r.json()["duplicate"] is False
-    detail = live_server.request("GET", f"/api/dashboard/user/{device_id}", live_server.admin_token).json()
+    detail = live_server.request(
+        "GET", f"/api/dashboard/user/{device_id}", live_server.admin_token
+    ).json()
     assert [c["destIp"] for c in detail["data"]["connections"]] == ["192.0.2.1"]

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
+
 from litestar import Litestar, get
 from litestar.config.cors import CORSConfig
 from litestar.datastructures import State
@@ -24,6 +25,7 @@ from smartmon.server.middleware import decompress_requests, security_headers
 from smartmon.server.routes import auth, dashboard, monitor, tokens, users
 from smartmon.server.routes.monitor import INGEST_GROUP
 from smartmon.server.state import ServerState, server_state
+from smartmon.server.stream import EventHub, channels_plugin, stream
 from smartmon.settings import ServerSettings
 
 log = logging.getLogger("smartmon.server")
@@ -49,6 +51,7 @@ async def _prune_forever(server: ServerState) -> None:
 def create_app(settings: ServerSettings) -> Litestar:
     """Build the app; the database opens in the lifespan, on app.state.server."""
     secret = settings.load_jwt_secret()
+    channels = channels_plugin()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
@@ -63,25 +66,44 @@ def create_app(settings: ServerSettings) -> Litestar:
             ingest=ingest,
             limiter=LoginLimiter(settings.login_attempts, settings.login_window_s),
             revoked=await store.revoked_jtis(db),
+            hub=EventHub(channels),
         )
+        server.hub.track(await store.device_deadlines(db))
         app.state.server = server
-        pruner = asyncio.create_task(_prune_forever(server), name="smartmon-prune")
+        background = [
+            asyncio.create_task(_prune_forever(server), name="smartmon-prune"),
+            asyncio.create_task(server.hub.watch_offline(server), name="smartmon-offline"),
+        ]
         try:
             yield
         finally:
-            pruner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await pruner
+            for task in background:
+                task.cancel()
+            for task in background:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await db.close()
             log.info("database closed")
 
     cors = CORSConfig(allow_origins=list(settings.cors_origins)) if settings.cors_origins else None
     return Litestar(
-        route_handlers=[health, *auth.handlers, *users.handlers, *tokens.handlers, *monitor.handlers, *dashboard.handlers],
+        route_handlers=[
+            health,
+            *auth.handlers,
+            *users.handlers,
+            *tokens.handlers,
+            *monitor.handlers,
+            *dashboard.handlers,
+            stream,
+        ],
+        plugins=[channels],
         dependencies={"server": Provide(server_state, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers={Exception: handle_exception},
-        middleware=[security_headers, DefineMiddleware(decompress_requests(settings.max_body_bytes))],
+        middleware=[
+            security_headers,
+            DefineMiddleware(decompress_requests(settings.max_body_bytes)),
+        ],
         cors_config=cors,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(title="smartmon", version=__version__, path="/schema"),
@@ -89,4 +111,3 @@ def create_app(settings: ServerSettings) -> Litestar:
         debug=False,
         logging_config=None,
     )
-

@@ -88,7 +88,13 @@ class TokenSigner:
         """A new token and its expiry (epoch seconds)."""
         now = int(time.time())
         expires_at = now + int(self.lifetime_s)
-        claims = {"sub": str(user_id), "role": role, "jti": uuid.uuid4().hex, "iat": now, "exp": expires_at}
+        claims = {
+            "sub": str(user_id),
+            "role": role,
+            "jti": uuid.uuid4().hex,
+            "iat": now,
+            "exp": expires_at,
+        }
         return jwt.encode(claims, self.secret, algorithm=JWT_ALGORITHM), float(expires_at)
 
     def verify(self, token: str) -> AccessToken:
@@ -117,7 +123,9 @@ class LoginLimiter:
     attempts: int = 10
     window_s: float = 15 * 60
     _by_address: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
-    _by_user: dict[str, deque[tuple[float, str]]] = field(default_factory=lambda: defaultdict(deque))
+    _by_user: dict[str, deque[tuple[float, str]]] = field(
+        default_factory=lambda: defaultdict(deque)
+    )
 
     def _trim(self, now: float) -> None:
         horizon = now - self.window_s

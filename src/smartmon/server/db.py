@@ -250,7 +250,8 @@ class Database:
 
     async def write(self, job: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
         """Run job in the next transaction; returns its result once committed."""
-        return await self._submit(job, None)
+        result: T = await self._submit(job, None)
+        return result
 
     async def write_grouped(self, group: str, item: Any) -> Any:
         """Queue an item for a grouped job (e.g. ingest); all items of one batch run together."""

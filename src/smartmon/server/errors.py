@@ -96,7 +96,11 @@ def _from_validation(exc: ValidationException) -> tuple[int, ErrorBody]:
     first = extra[0] if extra and isinstance(extra[0], dict) else {}
     message = str(first.get("message") or exc.detail)
     key = first.get("key")
-    if "malformed" in message.lower() or "JSON is malformed" in message or "decode" in message.lower():
+    if (
+        "malformed" in message.lower()
+        or "JSON is malformed" in message
+        or "decode" in message.lower()
+    ):
         return 400, ErrorBody("malformed_json", "the request body is not valid JSON", None)
     body = validation_body(message)
     if key and key not in ("", "data", "body"):
@@ -122,6 +126,8 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             name, detail = "malformed_json", "the request body is not valid JSON"
         return _response(status, ErrorBody(name, detail), exc.headers)
     if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
-        return _response(503, ErrorBody("unavailable", "the database is busy; retry"), {"retry-after": "1"})
+        return _response(
+            503, ErrorBody("unavailable", "the database is busy; retry"), {"retry-after": "1"}
+        )
     log.exception("unexpected error on %s %s", request.method, request.url.path)
     return _response(500, ErrorBody("internal", "an unexpected error occurred; it has been logged"))

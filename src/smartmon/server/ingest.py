@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiosqlite
+import msgspec
 
 from smartmon import wire
 
@@ -47,6 +48,7 @@ class Applied:
     device_id: int
     report_id: str | None
     duplicate: bool = False
+    device: dict[str, Any] | None = None  # the device row after this item, for the stream
     opened: list[wire.Connection] = field(default_factory=list)
     changed: list[wire.Connection] = field(default_factory=list)
     closed: list[wire.Connection] = field(default_factory=list)
@@ -115,9 +117,7 @@ SQL_TRAFFIC = (
     "INSERT INTO traffic (device_id, t, bytes_in, bytes_out, packets_in, packets_out, connections)"
     " VALUES (?, ?, ?, ?, ?, ?, ?)"
 )
-SQL_REPORT = (
-    "INSERT INTO reports (report_id, device_id, seq, collected_at, received_at) VALUES (?, ?, ?, ?, ?)"
-)
+SQL_REPORT = "INSERT INTO reports (report_id, device_id, seq, collected_at, received_at) VALUES (?, ?, ?, ?, ?)"
 
 
 class Ingest:
@@ -134,7 +134,9 @@ class Ingest:
         else:
             self._open.pop(device_id, None)
 
-    async def _open_connections(self, conn: aiosqlite.Connection, device_id: int) -> dict[Key, _Open]:
+    async def _open_connections(
+        self, conn: aiosqlite.Connection, device_id: int
+    ) -> dict[Key, _Open]:
         cached = self._open.get(device_id)
         if cached is not None:
             self._open.move_to_end(device_id)
@@ -190,7 +192,11 @@ class Ingest:
         return results
 
     def _legacy(
-        self, item: LegacyIncoming, device: dict[str, Any], open_now: dict[Key, _Open], writes: _Writes
+        self,
+        item: LegacyIncoming,
+        device: dict[str, Any],
+        open_now: dict[Key, _Open],
+        writes: _Writes,
     ) -> Applied:
         applied = Applied(item.device_id, None)
         now = item.received_at
@@ -198,6 +204,7 @@ class Ingest:
         device.update(last_seen=now)
         _summarise(device, open_now)
         writes.devices[item.device_id] = device
+        applied.device = dict(device)
         return applied
 
     def _report(
@@ -215,8 +222,16 @@ class Ingest:
                 _upsert(device_id, c, now, open_now, writes, applied)
             finals = {c.key: c for c in report.closed}
             for key in [k for k in open_now if k not in seen]:
-                _close(device_id, open_now.pop(key), finals.pop(key, None), device, now, writes, applied)
-            closed_unseen = finals.values()
+                _close(
+                    device_id,
+                    open_now.pop(key),
+                    finals.pop(key, None),
+                    device,
+                    now,
+                    writes,
+                    applied,
+                )
+            closed_unseen = list(finals.values())
         else:  # an old report drained from a spool: keep only its history
             closed_unseen = [c for c in report.closed if c.key not in open_now]
         for c in closed_unseen:
@@ -237,17 +252,20 @@ class Ingest:
                 agent_version=agent.version,
                 os=agent.os,
                 hostname=agent.hostname,
-                capabilities=json.dumps(wire.msgspec.to_builtins(agent.capabilities)),
+                capabilities=msgspec.json.encode(agent.capabilities).decode(),
                 dropped_reports=report.dropped_reports,
             )
             _summarise(device, open_now)
         else:
             device.update(last_seen=max(device["last_seen"] or 0.0, now))
         writes.devices[device_id] = device
+        applied.device = dict(device)
         return applied
 
 
-def _row(device_id: int, c: wire.Connection, first_seen: float, last_seen: float) -> tuple[Any, ...]:
+def _row(
+    device_id: int, c: wire.Connection, first_seen: float, last_seen: float
+) -> tuple[Any, ...]:
     return (
         device_id, c.protocol, c.family, c.source_ip, c.source_port, c.dest_ip, c.dest_port,
         c.state, c.pid, c.process, c.bytes_in, c.bytes_out, c.packets_in, c.packets_out,
@@ -273,7 +291,9 @@ def _upsert(
         open_now[key] = _Open(c, now)
         writes.inserts.append(_row(device_id, c, now, now))
         if _is_destination(c):
-            writes.new_destinations.append((device_id, c.protocol, c.dest_ip, c.dest_port, now, now))
+            writes.new_destinations.append(
+                (device_id, c.protocol, c.dest_ip, c.dest_port, now, now)
+            )
         applied.opened.append(c)
     elif _counters(known.connection) != _counters(c):
         known.connection = c
@@ -294,8 +314,16 @@ def _close(
     last_seen = now if final is not None else (device["last_seen"] or now)
     writes.closes.append(
         (
-            c.state, c.pid, c.process, c.bytes_in, c.bytes_out, c.packets_in, c.packets_out,
-            last_seen, now, *_key_params(device_id, c.key),
+            c.state,
+            c.pid,
+            c.process,
+            c.bytes_in,
+            c.bytes_out,
+            c.packets_in,
+            c.packets_out,
+            last_seen,
+            now,
+            *_key_params(device_id, c.key),
         )  # fmt: skip
     )
     if _is_destination(c):
@@ -326,12 +354,16 @@ def _traffic(
     deltas: tuple[int | None, ...] = (None, None, None, None)
     if current is not None and previous is not None:
         # a counter below its previous value was reset (reboot, wrap): count from zero
-        deltas = tuple(new - old if new >= old else new for new, old in zip(current, previous, strict=True))
+        deltas = tuple(
+            new - old if new >= old else new for new, old in zip(current, previous, strict=True)
+        )
     writes.traffic.append((device["id"], now, *deltas, connections))
     if current is not None:
         device["iface"] = json.dumps(current)
     if deltas[0] is not None and deltas[1] is not None:
-        elapsed = collected - device["collected_at"] if device["collected_at"] else report.interval_s
+        elapsed = (
+            collected - device["collected_at"] if device["collected_at"] else report.interval_s
+        )
         elapsed = elapsed if elapsed > 0 else report.interval_s
         device["bytes_in"] += deltas[0]
         device["bytes_out"] += deltas[1]
@@ -373,27 +405,37 @@ async def _stored_report_ids(conn: aiosqlite.Connection, report_ids: list[str]) 
 
 
 _DEVICE_STATE = (
-    "id, last_seen, collected_at, interval_s, last_seq, iface, bytes_in, bytes_out, packets_in,"
+    "last_seen, collected_at, interval_s, last_seq, iface, bytes_in, bytes_out, packets_in,"
     " packets_out, bytes_in_rate, bytes_out_rate, agent_version, os, hostname, capabilities,"
     " dropped_reports, connection_count, protocols, unique_ips"
 )
 _DEVICE_FIELDS = [name.strip() for name in _DEVICE_STATE.split(",")]
+# read along with the state, never written here: what the live stream needs to show a device
+_DEVICE_IDENTITY = ["id", "name", "user_id", "registered_at", "key_hash", "username"]
 SQL_DEVICE_UPDATE = (
     "UPDATE devices SET "
-    + ", ".join(f"{name} = :{name}" for name in _DEVICE_FIELDS if name != "id")
+    + ", ".join(f"{name} = :{name}" for name in _DEVICE_FIELDS)
     + " WHERE id = :id"
 )
 
 
-async def _device_rows(conn: aiosqlite.Connection, device_ids: set[int]) -> dict[int, dict[str, Any]]:
+async def _device_rows(
+    conn: aiosqlite.Connection, device_ids: set[int]
+) -> dict[int, dict[str, Any]]:
     rows: dict[int, dict[str, Any]] = {}
     ids = sorted(device_ids)
+    columns = ["d.id", "d.name", "d.user_id", "d.registered_at", "d.key_hash", "u.username"]
+    columns += [f"d.{name}" for name in _DEVICE_FIELDS]
+    names = _DEVICE_IDENTITY + _DEVICE_FIELDS
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
-        sql = f"SELECT {_DEVICE_STATE} FROM devices WHERE id IN ({', '.join('?' * len(chunk))})"
+        sql = (
+            f"SELECT {', '.join(columns)} FROM devices d JOIN users u ON u.id = d.user_id"
+            f" WHERE d.id IN ({', '.join('?' * len(chunk))})"
+        )
         async with conn.execute(sql, chunk) as cursor:
             for row in await cursor.fetchall():
-                rows[row[0]] = dict(zip(_DEVICE_FIELDS, row, strict=True))
+                rows[row[0]] = dict(zip(names, row, strict=True))
     return rows
 
 
@@ -412,4 +454,8 @@ async def _flush(conn: aiosqlite.Connection, writes: _Writes) -> None:
         if rows:
             await conn.executemany(sql, rows)
     if writes.devices:
-        await conn.executemany(SQL_DEVICE_UPDATE, list(writes.devices.values()))
+        fields = ["id", *_DEVICE_FIELDS]
+        await conn.executemany(
+            SQL_DEVICE_UPDATE,
+            [{f: device[f] for f in fields} for device in writes.devices.values()],
+        )

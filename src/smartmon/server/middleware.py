@@ -5,7 +5,9 @@ from __future__ import annotations
 import zlib
 
 import msgspec
-from litestar.types import ASGIApp, Message, Receive, Scope, Send
+from typing import Any
+
+from litestar.types import ASGIApp
 
 from smartmon.server.errors import ErrorBody
 
@@ -26,17 +28,17 @@ API_ONLY_HEADERS = [
 def security_headers(app: ASGIApp) -> ASGIApp:
     """Add security headers to every HTTP response, errors included."""
 
-    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+    async def middleware(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await app(scope, receive, send)
             return
         extra = SECURITY_HEADERS + (API_ONLY_HEADERS if scope["path"].startswith("/api") else [])
 
-        async def send_with_headers(message: Message) -> None:
+        async def send_with_headers(message: Any) -> None:
             if message["type"] == "http.response.start":
                 present = {name.lower() for name, _ in message.get("headers", [])}
                 added = [(k, v) for k, v in extra if k not in present]
-                message = {**message, "headers": [*message.get("headers", []), *added]}  # type: ignore[typeddict-item]
+                message = {**message, "headers": [*message.get("headers", []), *added]}
             await send(message)
 
         await app(scope, receive, send_with_headers)
@@ -44,13 +46,16 @@ def security_headers(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
-async def _reply(send: Send, status: int, body: ErrorBody) -> None:
+async def _reply(send: Any, status: int, body: ErrorBody) -> None:
     content = msgspec.json.encode(body)
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(content)).encode())],
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(content)).encode()),
+            ],
         }
     )
     await send({"type": "http.response.body", "body": content, "more_body": False})
@@ -60,20 +65,29 @@ def decompress_requests(max_bytes: int) -> type:
     """Middleware factory: inflate `Content-Encoding: gzip` bodies, at most max_bytes each way."""
 
     class Decompress:
-        def __init__(self, app: ASGIApp) -> None:
+        def __init__(self, app: Any) -> None:
             self.app = app
 
-        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
             if scope["type"] != "http":
                 await self.app(scope, receive, send)
                 return
             headers = dict(scope["headers"])
-            encoding = headers.get(b"content-encoding", b"identity").decode("latin-1").strip().lower()
+            encoding = (
+                headers.get(b"content-encoding", b"identity").decode("latin-1").strip().lower()
+            )
             if encoding in ("", "identity"):
                 await self.app(scope, receive, send)
                 return
             if encoding not in ("gzip", "x-gzip"):
-                await _reply(send, 415, ErrorBody("unsupported_media_type", f"unsupported Content-Encoding {encoding!r}; use gzip"))
+                await _reply(
+                    send,
+                    415,
+                    ErrorBody(
+                        "unsupported_media_type",
+                        f"unsupported Content-Encoding {encoding!r}; use gzip",
+                    ),
+                )
                 return
             compressed = bytearray()
             while True:
@@ -82,7 +96,13 @@ def decompress_requests(max_bytes: int) -> type:
                     return
                 compressed += message.get("body", b"")
                 if len(compressed) > max_bytes:
-                    await _reply(send, 413, ErrorBody("too_large", f"the request body is larger than {max_bytes} bytes"))
+                    await _reply(
+                        send,
+                        413,
+                        ErrorBody(
+                            "too_large", f"the request body is larger than {max_bytes} bytes"
+                        ),
+                    )
                     return
                 if not message.get("more_body", False):
                     break
@@ -93,23 +113,31 @@ def decompress_requests(max_bytes: int) -> type:
                 await _reply(send, 400, ErrorBody("bad_encoding", "the body is not valid gzip"))
                 return
             if len(body) > max_bytes or inflater.unconsumed_tail:
-                await _reply(send, 413, ErrorBody("too_large", f"the decompressed body is larger than {max_bytes} bytes"))
+                await _reply(
+                    send,
+                    413,
+                    ErrorBody(
+                        "too_large", f"the decompressed body is larger than {max_bytes} bytes"
+                    ),
+                )
                 return
             if not inflater.eof:
                 await _reply(send, 400, ErrorBody("bad_encoding", "the gzip body is truncated"))
                 return
             new_headers = [
-                (k, v) for k, v in scope["headers"] if k not in (b"content-encoding", b"content-length")
+                (k, v)
+                for k, v in scope["headers"]
+                if k not in (b"content-encoding", b"content-length")
             ] + [(b"content-length", str(len(body)).encode())]
             sent = False
 
-            async def replay() -> Message:
+            async def replay() -> Any:
                 nonlocal sent
                 if sent:
                     return await receive()
                 sent = True
                 return {"type": "http.request", "body": body, "more_body": False}
 
-            await self.app({**scope, "headers": new_headers}, replay, send)  # type: ignore[typeddict-item]
+            await self.app({**scope, "headers": new_headers}, replay, send)
 
     return Decompress

@@ -31,12 +31,18 @@ def bind(host: str, port: int) -> socket.socket:
 
 def run(settings: ServerSettings, log_level: str = "info") -> None:
     """Serve until SIGINT/SIGTERM; in-flight requests finish and the database closes."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     app = create_app(settings)  # loads or creates the JWT secret: fails early on a bad one
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"smartmon serving on http://{shown}:{port} (data: {settings.data_dir})", file=sys.stderr, flush=True)
+    print(
+        f"smartmon serving on http://{shown}:{port} (data: {settings.data_dir})",
+        file=sys.stderr,
+        flush=True,
+    )
     config = uvicorn.Config(
         app,
         log_level=log_level,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from litestar import Request
 from litestar.datastructures import State
@@ -22,6 +22,9 @@ from smartmon.server.errors import ApiError, unauthorized
 from smartmon.server.ingest import Ingest
 from smartmon.settings import ServerSettings
 
+if TYPE_CHECKING:
+    from smartmon.server.stream import EventHub
+
 
 class ServerState:
     """The resources of one server process, opened in the app's lifespan.
@@ -37,12 +40,14 @@ class ServerState:
         ingest: Ingest,
         limiter: LoginLimiter,
         revoked: set[str],
+        hub: EventHub,
     ) -> None:
         self.settings = settings
         self.db = db
         self.signer = signer
         self.ingest = ingest
         self.limiter = limiter
+        self.hub = hub
         self.revoked = revoked  # jti of revoked access tokens that have not expired
         # hash of a device key -> device id; dropped on revocation, deletion and re-enrollment
         self.device_keys: dict[bytes, int] = {}
@@ -87,7 +92,9 @@ class Caller:
 async def user_from_token(server: ServerState, token: str) -> Caller:
     """Verify an access token and load its (enabled) user; 401 otherwise."""
     if token.startswith((ENROLLMENT_PREFIX, DEVICE_KEY_PREFIX)):
-        raise unauthorized("this endpoint needs a user's access token, not an enrollment token or device key")
+        raise unauthorized(
+            "this endpoint needs a user's access token, not an enrollment token or device key"
+        )
     try:
         access = server.signer.verify(token)
     except InvalidToken:

@@ -16,7 +16,7 @@ import msgspec
 
 from smartmon import api
 from smartmon.server.db import Database
-from smartmon.server.errors import ApiError, not_found
+from smartmon.server.errors import ApiError
 from smartmon.wire import Capabilities
 
 ONLINE_MIN_S = 30.0
@@ -79,7 +79,9 @@ async def user_by_id(db: Database, user_id: int) -> User | None:
 
 async def user_by_name(db: Database, username: str) -> User | None:
     """The user with this name (case-insensitive)."""
-    return _user(await db.fetchone(f"SELECT {_USER_COLUMNS} FROM users WHERE username = ?", (username,)))
+    return _user(
+        await db.fetchone(f"SELECT {_USER_COLUMNS} FROM users WHERE username = ?", (username,))
+    )
 
 
 async def list_users(db: Database) -> list[User]:
@@ -89,12 +91,14 @@ async def list_users(db: Database) -> list[User]:
 
 
 async def insert_user(
-    conn: aiosqlite.Connection, username: str, password_hash: str, role: str | None, email: str | None
+    conn: aiosqlite.Connection,
+    username: str,
+    password_hash: str,
+    role: str | None,
+    email: str | None,
 ) -> User:
     """Create an account; role None means admin for the first account, else user."""
-    async with conn.execute(
-        "SELECT 1 FROM users WHERE username = ?", (username,)
-    ) as cursor:
+    async with conn.execute("SELECT 1 FROM users WHERE username = ?", (username,)) as cursor:
         if await cursor.fetchone() is not None:
             raise ApiError(409, f"the username {username!r} is taken", field="username")
     if role is None:
@@ -182,7 +186,7 @@ async def list_enrollment_tokens(db: Database, user_id: int) -> list[api.TokenIn
         api.TokenInfo(
             id=row["id"],
             name=row["name"],
-            created_at=api.timestamp(row["created_at"]),  # type: ignore[arg-type]
+            created_at=api.timestamp(row["created_at"]),
             expires_at=api.timestamp(row["expires_at"]),
             revoked_at=api.timestamp(row["revoked_at"]),
             last_used_at=api.timestamp(row["last_used_at"]),
@@ -291,7 +295,9 @@ async def save_legacy_session(
 
 async def legacy_device(db: Database, token_hash: bytes) -> int | None:
     """The device a prototype agent registered with this login token."""
-    row = await db.fetchone("SELECT device_id FROM legacy_sessions WHERE token_hash = ?", (token_hash,))
+    row = await db.fetchone(
+        "SELECT device_id FROM legacy_sessions WHERE token_hash = ?", (token_hash,)
+    )
     return int(row[0]) if row else None
 
 
@@ -318,7 +324,7 @@ def online(last_seen: float | None, interval_s: float, now: float) -> bool:
     return last_seen is not None and now - last_seen <= max(3 * interval_s, ONLINE_MIN_S)
 
 
-def device_out(row: aiosqlite.Row, now: float) -> api.Device:
+def device_out(row: aiosqlite.Row | dict[str, Any], now: float) -> api.Device:
     """A devices row (joined with its owner's name) as the API shows it."""
     capabilities = (
         msgspec.json.decode(row["capabilities"], type=Capabilities) if row["capabilities"] else None
@@ -333,7 +339,7 @@ def device_out(row: aiosqlite.Row, now: float) -> api.Device:
         protocols=json.loads(row["protocols"]),
         unique_ips=json.loads(row["unique_ips"]),
         last_seen=api.timestamp(row["last_seen"]),
-        registered_at=api.timestamp(row["registered_at"]),  # type: ignore[arg-type]
+        registered_at=api.timestamp(row["registered_at"]),
         collected_at=api.timestamp(row["collected_at"]),
         interval_s=row["interval_s"],
         bytes_in=row["bytes_in"],
@@ -365,8 +371,16 @@ async def list_devices(db: Database, owner: int | None) -> list[api.Device]:
     if owner is None:
         rows = await db.fetchall(f"{_DEVICE_SELECT} ORDER BY d.name, d.id")
     else:
-        rows = await db.fetchall(f"{_DEVICE_SELECT} WHERE d.user_id = ? ORDER BY d.name, d.id", (owner,))
+        rows = await db.fetchall(
+            f"{_DEVICE_SELECT} WHERE d.user_id = ? ORDER BY d.name, d.id", (owner,)
+        )
     return [device_out(row, now) for row in rows]
+
+
+async def device_deadlines(db: Database) -> list[tuple[int, float | None, float, int]]:
+    """(id, last seen, interval, owner) of every device, for the offline watcher."""
+    rows = await db.fetchall("SELECT id, last_seen, interval_s, user_id FROM devices")
+    return [(r[0], r[1], r[2], r[3]) for r in rows]
 
 
 async def device_row(db: Database, device_id: int) -> aiosqlite.Row | None:
@@ -440,10 +454,12 @@ async def device_connections(
             bytes_out=row["bytes_out"],
             packets_in=row["packets_in"],
             packets_out=row["packets_out"],
-            first_seen=api.timestamp(row["first_seen"]),  # type: ignore[arg-type]
+            first_seen=api.timestamp(row["first_seen"]),
             # an open connection was in the device's latest report
-            last_seen=api.timestamp(  # type: ignore[arg-type]
-                row["last_seen"] if row["closed_at"] is not None else max(row["last_seen"], device_last_seen or 0)
+            last_seen=api.timestamp(
+                row["last_seen"]
+                if row["closed_at"] is not None
+                else max(row["last_seen"], device_last_seen or 0)
             ),
             closed_at=api.timestamp(row["closed_at"]),
         )
@@ -485,13 +501,12 @@ async def traffic(db: Database, device_id: int, since: float) -> list[api.Traffi
         " WHERE device_id = ? AND t >= ? ORDER BY t",
         (device_id, since),
     )
-    return [
-        api.TrafficSample(api.timestamp(r[0]), r[1], r[2], r[3], r[4], r[5])  # type: ignore[arg-type]
-        for r in rows
-    ]
+    return [api.TrafficSample(api.timestamp(r[0]), r[1], r[2], r[3], r[4], r[5]) for r in rows]
 
 
-async def destinations(db: Database, device: aiosqlite.Row, limit: int = 500) -> list[api.Destination]:
+async def destinations(
+    db: Database, device: aiosqlite.Row, limit: int = 500
+) -> list[api.Destination]:
     """Remote endpoints: history plus what the open connections to each have moved so far."""
     rows = await db.fetchall(
         "SELECT d.protocol, d.ip, d.port, d.first_seen, d.last_seen,"
@@ -511,8 +526,8 @@ async def destinations(db: Database, device: aiosqlite.Row, limit: int = 500) ->
             protocol=r[0],
             ip=r[1],
             port=r[2],
-            first_seen=api.timestamp(r[3]),  # type: ignore[arg-type]
-            last_seen=api.timestamp(max(r[4], device_last_seen) if r[7] else r[4]),  # type: ignore[arg-type]
+            first_seen=api.timestamp(r[3]),
+            last_seen=api.timestamp(max(r[4], device_last_seen) if r[7] else r[4]),
             bytes_in=r[5],
             bytes_out=r[6],
             open_connections=r[7],

@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Request, get, post
-from litestar.params import JSONBody
 from litestar.di import Provide
+from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from smartmon import api
 from smartmon.server import store
 from smartmon.server.auth import hash_password, verify_password
 from smartmon.server.errors import ApiError, unauthorized
-from smartmon.server.state import Caller, CallerDep, ServerDep, ServerState, caller
+from smartmon.server.state import CallerDep, ServerDep, caller
 
 
 def client_address(request: Request[Any, Any, Any]) -> str:
@@ -25,18 +25,28 @@ def login_result(server: ServerDep, user: store.User) -> api.LoginResult:
     """A fresh access token for a user."""
     token, expires_at = server.signer.issue(user.id, user.role)
     return api.LoginResult(
-        access_token=token, expires_at=api.timestamp(expires_at), user=user.out()  # type: ignore[arg-type]
+        access_token=token,
+        expires_at=api.timestamp(expires_at),
+        user=user.out(),
     )
 
 
 async def create_account(
-    server: ServerDep, body: api.RegisterBody | api.CreateUserBody, role: str | None, *, self_service: bool
+    server: ServerDep,
+    body: api.RegisterBody | api.CreateUserBody,
+    role: str | None,
+    *,
+    self_service: bool,
 ) -> store.User:
     """Hash the password, then create the account in one write."""
     password_hash = await hash_password(body.password)
 
     async def insert(conn: Any) -> store.User:
-        if self_service and not server.settings.open_registration and await store.count_users(conn) > 0:
+        if (
+            self_service
+            and not server.settings.open_registration
+            and await store.count_users(conn) > 0
+        ):
             raise ApiError(
                 403,
                 "registration is closed: ask an admin to create your account "
@@ -56,7 +66,9 @@ async def register(data: JSONBody[api.RegisterBody], server: ServerDep) -> api.L
 
 
 @post("/api/auth/login", status_code=HTTP_200_OK, tags=["auth"])
-async def login(data: JSONBody[api.LoginBody], server: ServerDep, request: Request[Any, Any, Any]) -> api.LoginResult:
+async def login(
+    data: JSONBody[api.LoginBody], server: ServerDep, request: Request[Any, Any, Any]
+) -> api.LoginResult:
     """Exchange a username and password for an access token."""
     address = client_address(request)
     wait = server.limiter.retry_after(data.username, address)
@@ -77,7 +89,12 @@ async def login(data: JSONBody[api.LoginBody], server: ServerDep, request: Reque
     return login_result(server, user)
 
 
-@post("/api/auth/logout", status_code=HTTP_200_OK, tags=["auth"], dependencies={"who": Provide(caller)})
+@post(
+    "/api/auth/logout",
+    status_code=HTTP_200_OK,
+    tags=["auth"],
+    dependencies={"who": Provide(caller)},
+)
 async def logout(who: CallerDep, server: ServerDep) -> api.Done:
     """Revoke the access token this request carries, at once."""
     await server.db.write(lambda conn: store.revoke_jti(conn, who.jti, who.expires_at))

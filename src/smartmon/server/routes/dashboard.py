@@ -13,7 +13,7 @@ from litestar.status_codes import HTTP_200_OK
 from smartmon import api
 from smartmon.server import store
 from smartmon.server.errors import not_found
-from smartmon.server.state import Caller, CallerDep, ServerDep, ServerState, caller
+from smartmon.server.state import CallerDep, ServerDep, caller
 
 USER = {"who": Provide(caller)}
 
@@ -38,10 +38,18 @@ async def device_detail(
     who: CallerDep,
     device_id: FromPath[int],
     server: ServerDep,
-    protocol: Annotated[Literal["TCP", "UDP", "tcp", "udp"] | None, QueryParameter(description="TCP or UDP")] = None,
-    state_filter: Annotated[str | None, QueryParameter(name="state", max_length=16, description="e.g. ESTABLISHED")] = None,
-    q: Annotated[str | None, QueryParameter(max_length=128, description="IP, port or process")] = None,
-    closed: Annotated[bool, QueryParameter(description="closed connections (history) instead")] = False,
+    protocol: Annotated[
+        Literal["TCP", "UDP", "tcp", "udp"] | None, QueryParameter(description="TCP or UDP")
+    ] = None,
+    state_filter: Annotated[
+        str | None, QueryParameter(name="state", max_length=16, description="e.g. ESTABLISHED")
+    ] = None,
+    q: Annotated[
+        str | None, QueryParameter(max_length=128, description="IP, port or process")
+    ] = None,
+    closed: Annotated[
+        bool, QueryParameter(description="closed connections (history) instead")
+    ] = False,
     limit: Annotated[int, QueryParameter(ge=1, le=10_000)] = 1000,
     offset: Annotated[int, QueryParameter(ge=0, le=10_000_000)] = 0,
 ) -> api.DeviceDetailResponse:
@@ -62,22 +70,36 @@ async def device_detail(
     return api.DeviceDetailResponse(data=detail)
 
 
-@delete("/api/dashboard/user/{device_id:int}", status_code=HTTP_200_OK, tags=["dashboard"], dependencies=USER)
+@delete(
+    "/api/dashboard/user/{device_id:int}",
+    status_code=HTTP_200_OK,
+    tags=["dashboard"],
+    dependencies=USER,
+)
 async def delete_device(who: CallerDep, device_id: FromPath[int], server: ServerDep) -> api.Done:
     """Delete a device and all its data (owner or admin)."""
     row = await owned_device(server, who, device_id)
     await server.db.write(lambda conn: store.delete_device(conn, device_id))
     server.forget_key(row["key_hash"])
     server.ingest.forget(device_id)
+    server.hub.device_removed(device_id, row["user_id"])
     return api.Done(detail="device deleted")
 
 
-@post("/api/devices/{device_id:int}/revoke", status_code=HTTP_200_OK, tags=["dashboard"], dependencies=USER)
+@post(
+    "/api/devices/{device_id:int}/revoke",
+    status_code=HTTP_200_OK,
+    tags=["dashboard"],
+    dependencies=USER,
+)
 async def revoke_device(who: CallerDep, device_id: FromPath[int], server: ServerDep) -> api.Done:
     """Revoke a device's key; its data stays, and enrolling again gives a new key."""
     row = await owned_device(server, who, device_id)
     await server.db.write(lambda conn: store.revoke_device_key(conn, device_id))
     server.forget_key(row["key_hash"])
+    revoked = await store.device_row(server.db, device_id)
+    if revoked is not None:
+        server.hub.device_changed(store.device_out(revoked, time.time()), revoked["user_id"])
     return api.Done(detail="device key revoked")
 
 

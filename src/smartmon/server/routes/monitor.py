@@ -15,7 +15,13 @@ from smartmon.server import store
 from smartmon.server.auth import DEVICE_KEY_PREFIX, ENROLLMENT_PREFIX, new_secret, secret_hash
 from smartmon.server.errors import ApiError, unauthorized, validation_body
 from smartmon.server.ingest import Applied, Incoming, LegacyIncoming
-from smartmon.server.state import ServerDep, ServerState, bearer, device_from_key, server_state, user_from_token
+from smartmon.server.state import (
+    ServerDep,
+    bearer,
+    device_from_key,
+    server_state,
+    user_from_token,
+)
 
 INGEST_GROUP = "ingest"
 LEGACY_SESSION_S = 30 * 86400
@@ -33,21 +39,35 @@ async def register_device(
     header_token = bearer(request)
     token = header_token or data.token
     if not token:
-        raise unauthorized("enrollment needs an enrollment token or access token (Authorization: Bearer ...)")
+        raise unauthorized(
+            "enrollment needs an enrollment token or access token (Authorization: Bearer ...)"
+        )
     owner: int | None = None
     if not token.startswith(ENROLLMENT_PREFIX):
         owner = (await user_from_token(server, token)).user.id
     key = new_secret(DEVICE_KEY_PREFIX)
 
     async def enroll(conn: Any) -> tuple[int, bytes | None]:
-        user_id = owner if owner is not None else await store.enrollment_token_owner(conn, secret_hash(token))
+        user_id = (
+            owner
+            if owner is not None
+            else await store.enrollment_token_owner(conn, secret_hash(token))
+        )
         if user_id is None:
             raise unauthorized("the enrollment token is unknown, expired or revoked")
         device = await store.enroll_device(
-            conn, user_id, data.device_name.strip(), secret_hash(key), data.hostname, data.os, data.agent_version
+            conn,
+            user_id,
+            data.device_name.strip(),
+            secret_hash(key),
+            data.hostname,
+            data.os,
+            data.agent_version,
         )
         if header_token is None:  # a prototype agent: its connection posts carry only this token
-            await store.save_legacy_session(conn, secret_hash(token), device[0], time.time() + LEGACY_SESSION_S)
+            await store.save_legacy_session(
+                conn, secret_hash(token), device[0], time.time() + LEGACY_SESSION_S
+            )
         return device
 
     device_id, old_key = await server.db.write(enroll)
@@ -79,7 +99,9 @@ def _legacy_port(value: int | str, field: str) -> int:
 def legacy_connection(body: LegacyConnection) -> wire.Connection:
     """Map a prototype connection onto the wire format (addresses as `ss` prints them)."""
     protocol = body.protocol.strip().upper()
-    protocol = "TCP" if protocol.startswith("TCP") else "UDP" if protocol.startswith("UDP") else protocol
+    protocol = (
+        "TCP" if protocol.startswith("TCP") else "UDP" if protocol.startswith("UDP") else protocol
+    )
     if protocol not in ("TCP", "UDP"):
         raise ApiError(422, "protocol must be TCP or UDP", field="protocol")
     dest_port = _legacy_port(body.dest_port, "destPort")
@@ -99,7 +121,9 @@ def legacy_connection(body: LegacyConnection) -> wire.Connection:
             state=state,
         )
     except ValueError as exc:
-        raise ApiError(422, str(exc), field="sourceIp" if "source" in str(exc) else "destIp") from None
+        raise ApiError(
+            422, str(exc), field="sourceIp" if "source" in str(exc) else "destIp"
+        ) from None
 
 
 async def legacy_or_device(request: Request[Any, Any, Any]) -> Response[Any] | None:
@@ -123,27 +147,42 @@ async def legacy_or_device(request: Request[Any, Any, Any]) -> Response[Any] | N
     device_id = await store.legacy_device(server.db, secret_hash(body.token))
     if device_id is None:
         raise ApiError(
-            409, "no device is registered with this token: POST /api/monitor/register first", error="not_registered"
+            409,
+            "no device is registered with this token: POST /api/monitor/register first",
+            error="not_registered",
         )
     connection = legacy_connection(body)
-    applied: Applied = await server.db.write_grouped(INGEST_GROUP, LegacyIncoming(device_id, connection, time.time()))
-    del caller, applied
+    applied: Applied = await server.db.write_grouped(
+        INGEST_GROUP, LegacyIncoming(device_id, connection, time.time())
+    )
+    server.hub.applied(applied)
+    del caller
     return Response({"success": True, "message": "connection recorded"}, status_code=HTTP_200_OK)
 
 
-@post("/api/monitor/connections", status_code=HTTP_200_OK, tags=["monitor"], before_request=legacy_or_device)
+@post(
+    "/api/monitor/connections",
+    status_code=HTTP_200_OK,
+    tags=["monitor"],
+    before_request=legacy_or_device,
+)
 async def ingest(
     data: JSONBody[wire.Report],
     server: ServerDep,
     request: Request[Any, Any, Any],
-    authorization: Annotated[str, HeaderParameter(name="authorization", description="Bearer <device key>")],
+    authorization: Annotated[
+        str, HeaderParameter(name="authorization", description="Bearer <device key>")
+    ],
 ) -> wire.IngestResult:
     """Store one batched report from a device (gzip welcome); answered once committed.
 
     A reportId already stored answers with duplicate=true and changes nothing.
     """
     device_id: int = request.state.device_id
-    applied: Applied = await server.db.write_grouped(INGEST_GROUP, Incoming(device_id, data, time.time()))
+    applied: Applied = await server.db.write_grouped(
+        INGEST_GROUP, Incoming(device_id, data, time.time())
+    )
+    server.hub.applied(applied)
     return wire.IngestResult(report_id=data.report_id, duplicate=applied.duplicate)
 
 

@@ -6,21 +6,23 @@ import time
 from typing import Any
 
 from litestar import delete, get, post
-from litestar.params import FromPath, JSONBody
 from litestar.di import Provide
+from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
 
 from smartmon import api
 from smartmon.server import store
 from smartmon.server.auth import ENROLLMENT_PREFIX, new_secret, secret_hash
 from smartmon.server.errors import not_found
-from smartmon.server.state import Caller, CallerDep, ServerDep, ServerState, caller
+from smartmon.server.state import CallerDep, ServerDep, caller
 
 USER = {"who": Provide(caller)}
 
 
 @post("/api/tokens", status_code=HTTP_201_CREATED, tags=["tokens"], dependencies=USER)
-async def create_token(who: CallerDep, server: ServerDep, data: JSONBody[api.TokenCreateBody | None] = None) -> api.TokenCreated:
+async def create_token(
+    who: CallerDep, server: ServerDep, data: JSONBody[api.TokenCreateBody | None] = None
+) -> api.TokenCreated:
     """A new enrollment token for agents; the secret appears only in this answer."""
     body = data or api.TokenCreateBody()
     token = new_secret(ENROLLMENT_PREFIX)
@@ -28,10 +30,14 @@ async def create_token(who: CallerDep, server: ServerDep, data: JSONBody[api.Tok
     name = body.name or time.strftime("token %Y-%m-%d %H:%M")
 
     async def insert(conn: Any) -> int:
-        return await store.insert_enrollment_token(conn, who.user.id, name, secret_hash(token), expires_at)
+        return await store.insert_enrollment_token(
+            conn, who.user.id, name, secret_hash(token), expires_at
+        )
 
     token_id = await server.db.write(insert)
-    return api.TokenCreated(id=token_id, name=name, token=token, expires_at=api.timestamp(expires_at))
+    return api.TokenCreated(
+        id=token_id, name=name, token=token, expires_at=api.timestamp(expires_at)
+    )
 
 
 @get("/api/tokens", tags=["tokens"], dependencies=USER)
@@ -43,7 +49,9 @@ async def list_tokens(who: CallerDep, server: ServerDep) -> list[api.TokenInfo]:
 @delete("/api/tokens/{token_id:int}", status_code=HTTP_200_OK, tags=["tokens"], dependencies=USER)
 async def revoke_token(who: CallerDep, token_id: FromPath[int], server: ServerDep) -> api.Done:
     """Revoke an enrollment token; devices already enrolled keep their keys."""
-    if not await server.db.write(lambda conn: store.revoke_enrollment_token(conn, who.user.id, token_id)):
+    if not await server.db.write(
+        lambda conn: store.revoke_enrollment_token(conn, who.user.id, token_id)
+    ):
         raise not_found("token")
     return api.Done(detail="token revoked")
 

@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import get, patch, post
-from litestar.params import FromPath, JSONBody
 from litestar.di import Provide
+from litestar.params import FromPath, JSONBody
 from litestar.status_codes import HTTP_201_CREATED
 
 from smartmon import api
 from smartmon.server import store
 from smartmon.server.errors import ApiError, not_found
 from smartmon.server.routes.auth import create_account
-from smartmon.server.state import Caller, CallerDep, ServerDep, ServerState, admin
+from smartmon.server.state import CallerDep, ServerDep, admin
 
 ADMIN = {"who": Provide(admin)}
 
@@ -25,7 +25,9 @@ async def list_users(who: CallerDep, server: ServerDep) -> list[api.UserOut]:
 
 
 @post("/api/users", status_code=HTTP_201_CREATED, tags=["users"], dependencies=ADMIN)
-async def create_user(who: CallerDep, data: JSONBody[api.CreateUserBody], server: ServerDep) -> api.UserOut:
+async def create_user(
+    who: CallerDep, data: JSONBody[api.CreateUserBody], server: ServerDep
+) -> api.UserOut:
     """Create an account with a role, whether or not registration is open."""
     user = await create_account(server, data, data.role, self_service=False)
     return user.out()
@@ -40,7 +42,11 @@ async def update_user(
     if target is None:
         raise not_found("user")
     if target.id == who.user.id and (data.disabled or data.role == "user"):
-        raise ApiError(409, "admins cannot disable or demote themselves", field="role" if data.role else "disabled")
+        raise ApiError(
+            409,
+            "admins cannot disable or demote themselves",
+            field="role" if data.role else "disabled",
+        )
 
     async def change(conn: Any) -> None:
         await store.update_user(conn, user_id, data.role, data.disabled)
