@@ -11,9 +11,7 @@ from msgspec import Meta
 from smartmon.wire import Capabilities, Struct
 
 # `$(?!\n)`: Python's `$` also matches before a final newline ("admin\n"); JS-compatible.
-Username = Annotated[
-    str, Meta(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$(?!\n)")
-]
+Username = Annotated[str, Meta(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$(?!\n)")]
 Password = Annotated[str, Meta(min_length=8, max_length=128)]
 Email = Annotated[str, Meta(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$(?!\n)")]
 Role = Literal["admin", "user"]
