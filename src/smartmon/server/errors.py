@@ -81,6 +81,7 @@ def _response(status: int, body: ErrorBody, headers: dict[str, str] | None = Non
 
 
 _PATH_IN_MESSAGE = re.compile(r" - at `\$\.?([^`]*)`$")
+_MISSING_FIELD = re.compile(r"^Object missing required field `([^`]+)`")
 
 
 def validation_body(message: str) -> ErrorBody:
@@ -88,6 +89,9 @@ def validation_body(message: str) -> ErrorBody:
     match = _PATH_IN_MESSAGE.search(message)
     field = match.group(1) if match else None
     detail = message[: match.start()] if match else message
+    missing = _MISSING_FIELD.match(detail)
+    if missing:  # the path names the object; the field is the one it lacks
+        field = f"{field}.{missing.group(1)}" if field else missing.group(1)
     return ErrorBody("invalid", detail, field or None)
 
 
@@ -96,6 +100,8 @@ def _from_validation(exc: ValidationException) -> tuple[int, ErrorBody]:
     first = extra[0] if extra and isinstance(extra[0], dict) else {}
     message = str(first.get("message") or exc.detail)
     key = first.get("key")
+    if key == "data" and message == repr(key):  # no body at all (Litestar's KeyError)
+        return 400, ErrorBody("missing_body", "the request needs a JSON body", None)
     if (
         "malformed" in message.lower()
         or "JSON is malformed" in message
