@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from litestar.datastructures import State
 from litestar.di import Provide
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme
 
 from smartmon import __version__
 from smartmon.server import store
@@ -42,7 +44,7 @@ async def _prune_forever(server: ServerState) -> None:
     while True:
         before = time.time() - server.settings.retention_days * 86400
         try:
-            await server.db.write(lambda conn: store.prune(conn, before))
+            await server.db.write(functools.partial(store.prune, before=before))
         except Exception as exc:  # keep serving; try again next round
             log.warning("pruning old history failed: %s", exc)
         await asyncio.sleep(PRUNE_EVERY_S)
@@ -106,7 +108,20 @@ def create_app(settings: ServerSettings) -> Litestar:
         ],
         cors_config=cors,
         request_max_body_size=settings.max_body_bytes,
-        openapi_config=OpenAPIConfig(title="smartmon", version=__version__, path="/schema"),
+        openapi_config=OpenAPIConfig(
+            title="smartmon",
+            version=__version__,
+            path="/schema",
+            components=Components(
+                security_schemes={
+                    "bearer": SecurityScheme(type="http", scheme="bearer", bearer_format="JWT"),
+                    "deviceKey": SecurityScheme(
+                        type="http", scheme="bearer", description="smd_... device key"
+                    ),
+                },
+            ),
+            security=[{"bearer": []}],
+        ),
         state=State({}),
         debug=False,
         logging_config=None,

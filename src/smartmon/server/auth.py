@@ -146,9 +146,12 @@ class LoginLimiter:
         if by_address is not None and len(by_address) >= self.attempts:
             waits.append(by_address[-self.attempts] + self.window_s - now)
         by_user = self._by_user.get(username.lower())
-        if by_user is not None and len(by_user) >= self.attempts:
-            if any(source == address for _, source in by_user):
-                waits.append(by_user[-self.attempts][0] + self.window_s - now)
+        if (
+            by_user is not None
+            and len(by_user) >= self.attempts
+            and any(source == address for _, source in by_user)
+        ):
+            waits.append(by_user[-self.attempts][0] + self.window_s - now)
         return max(1.0, max(waits)) if waits else None
 
     def failed(self, username: str, address: str, now: float | None = None) -> None:

@@ -218,9 +218,7 @@ class Database:
     @classmethod
     async def open(cls, path: Path, readers: int = 2) -> Database:
         """Open (creating and migrating as needed) the database file."""
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if not path.exists():  # SQLite gives the -wal and -shm files the same mode
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+        await asyncio.to_thread(_create_private, path)
         writer = await connect(path)
         try:
             await migrate(writer)
@@ -344,6 +342,13 @@ class Database:
             await self._task
         for conn in [self.writer, *self.readers]:
             await conn.close()
+
+
+def _create_private(path: Path) -> None:
+    """Create the data dir (0700) and database file (0600); SQLite gives -wal/-shm that mode."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    if not path.exists():
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
 
 
 def _runs(batch: list[_Pending]) -> list[tuple[str | None, list[_Pending]]]:

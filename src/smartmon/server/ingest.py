@@ -324,7 +324,7 @@ def _close(
             last_seen,
             now,
             *_key_params(device_id, c.key),
-        )  # fmt: skip
+        )
     )
     if _is_destination(c):
         writes.closed_destinations.append(_destination_close(device_id, c, last_seen))

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import zlib
-
-import msgspec
 from typing import Any
 
+import msgspec
 from litestar.types import ASGIApp
 
 from smartmon.server.errors import ErrorBody

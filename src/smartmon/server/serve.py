@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import socket
 import sys
+from collections.abc import Sequence
+from typing import Any
 
 import uvicorn
 
@@ -29,12 +31,19 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def run(settings: ServerSettings, log_level: str = "info") -> None:
-    """Serve until SIGINT/SIGTERM; in-flight requests finish and the database closes."""
+def run(
+    settings: ServerSettings, log_level: str = "info", extra_handlers: Sequence[Any] = ()
+) -> None:
+    """Serve until SIGINT/SIGTERM; in-flight requests finish and the database closes.
+
+    extra_handlers are registered on the app too (the benchmarks add a trivial endpoint).
+    """
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(settings)  # loads or creates the JWT secret: fails early on a bad one
+    for handler in extra_handlers:
+        app.register(handler)
     sock = bind(settings.host, settings.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host

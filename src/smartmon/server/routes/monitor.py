@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import time
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
 
 import msgspec
 from litestar import Request, Response, post
-from litestar.params import HeaderParameter, JSONBody
+from litestar.openapi.spec import OpenAPIMediaType, Operation, RequestBody
+from litestar.params import JSONBody
 from litestar.status_codes import HTTP_200_OK
 
 from smartmon import wire
@@ -17,14 +19,15 @@ from smartmon.server.errors import ApiError, unauthorized, validation_body
 from smartmon.server.ingest import Applied, Incoming, LegacyIncoming
 from smartmon.server.state import (
     ServerDep,
+    ServerState,
     bearer,
     device_from_key,
-    server_state,
     user_from_token,
 )
 
 INGEST_GROUP = "ingest"
 LEGACY_SESSION_S = 30 * 86400
+T = TypeVar("T")
 
 
 @post("/api/monitor/register", status_code=HTTP_200_OK, tags=["monitor"])
@@ -111,39 +114,38 @@ def legacy_connection(body: LegacyConnection) -> wire.Connection:
         state = "LISTEN" if unspecified else "ESTABLISHED"
     if protocol == "UDP" and state not in wire.UDP_STATES:
         state = "UNCONN" if unspecified else "ESTABLISHED"
-    try:
-        return wire.Connection(
-            protocol=protocol,  # type: ignore[arg-type]
-            source_ip=body.source_ip,
-            source_port=_legacy_port(body.source_port, "sourcePort"),
-            dest_ip=body.dest_ip,
-            dest_port=dest_port,
-            state=state,
-        )
-    except ValueError as exc:
-        raise ApiError(
-            422, str(exc), field="sourceIp" if "source" in str(exc) else "destIp"
-        ) from None
+    for field, value in (("sourceIp", body.source_ip), ("destIp", body.dest_ip)):
+        try:
+            wire.normalise_ip(value)
+        except ValueError as exc:
+            raise ApiError(422, str(exc), field=field) from None
+    return wire.Connection(
+        protocol=protocol,  # type: ignore[arg-type]
+        source_ip=body.source_ip,
+        source_port=_legacy_port(body.source_port, "sourcePort"),
+        dest_ip=body.dest_ip,
+        dest_port=dest_port,
+        state=state,
+    )
 
 
-async def legacy_or_device(request: Request[Any, Any, Any]) -> Response[Any] | None:
-    """before_request: authenticate the device key, or serve a prototype agent's post."""
-    server = server_state(request.app.state)
-    key = bearer(request)
-    if key is not None:
-        request.state.device_id = await device_from_key(server, key)
-        return None
-    raw = await request.body()
-    if b'"token"' not in raw:
-        raise unauthorized("reports need 'Authorization: Bearer <device key>'")
+def decode_body(raw: bytes, kind: type[T]) -> T:
+    """Decode and validate a JSON body; 400 for malformed JSON, 422 naming the bad field."""
     try:
-        body = msgspec.json.decode(raw, type=LegacyConnection)
+        return msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as exc:
         error = validation_body(str(exc))
         raise ApiError(422, error.detail, field=error.field) from None
     except msgspec.DecodeError:
         raise ApiError(400, "the request body is not valid JSON", error="malformed_json") from None
-    caller = await user_from_token(server, body.token)
+
+
+async def legacy_ingest(server: ServerState, raw: bytes) -> Response[Any]:
+    """A prototype agent's post: one connection, its login token in the body."""
+    if b'"token"' not in raw:
+        raise unauthorized("reports need 'Authorization: Bearer <device key>'")
+    body = decode_body(raw, LegacyConnection)
+    await user_from_token(server, body.token)
     device_id = await store.legacy_device(server.db, secret_hash(body.token))
     if device_id is None:
         raise ApiError(
@@ -152,38 +154,65 @@ async def legacy_or_device(request: Request[Any, Any, Any]) -> Response[Any] | N
             error="not_registered",
         )
     connection = legacy_connection(body)
-    applied: Applied = await server.db.write_grouped(
-        INGEST_GROUP, LegacyIncoming(device_id, connection, time.time())
-    )
-    server.hub.applied(applied)
-    del caller
+    incoming = LegacyIncoming(device_id, connection, time.time())
+    server.hub.applied(await server.db.write_grouped(INGEST_GROUP, incoming))
     return Response({"success": True, "message": "connection recorded"}, status_code=HTTP_200_OK)
+
+
+# The body is decoded straight into wire.Report by msgspec (no detour through dicts), so
+# the handler takes raw bytes; this documents the body in the OpenAPI schema instead.
+def _inline(schema: Any, definitions: dict[str, Any]) -> Any:
+    """A JSON schema with every local $ref replaced by its definition (Report has no cycles)."""
+    if isinstance(schema, dict):
+        ref = schema.get("$ref")
+        if isinstance(ref, str):
+            return _inline(definitions[ref.rsplit("/", 1)[-1]], definitions)
+        return {k: _inline(v, definitions) for k, v in schema.items() if k != "$defs"}
+    if isinstance(schema, list):
+        return [_inline(v, definitions) for v in schema]
+    return schema
+
+
+_REPORT_JSON_SCHEMA = msgspec.json.schema(wire.Report)
+REPORT_SCHEMA = _inline(_REPORT_JSON_SCHEMA, _REPORT_JSON_SCHEMA.get("$defs", {}))
+
+
+@dataclass
+class ReportOperation(Operation):
+    """OpenAPI operation of the ingest endpoint, with the Report body."""
+
+    def __post_init__(self) -> None:
+        self.request_body = RequestBody(
+            required=True,
+            description="A Report from an agent (Content-Encoding: gzip welcome), or, from the "
+            "prototype's agents, one {token, sourceIp, sourcePort, destIp, destPort, protocol}.",
+            content={"application/json": OpenAPIMediaType(schema=REPORT_SCHEMA)},
+        )
 
 
 @post(
     "/api/monitor/connections",
     status_code=HTTP_200_OK,
     tags=["monitor"],
-    before_request=legacy_or_device,
+    operation_class=ReportOperation,
+    security=[{"deviceKey": []}],
 )
-async def ingest(
-    data: JSONBody[wire.Report],
-    server: ServerDep,
-    request: Request[Any, Any, Any],
-    authorization: Annotated[
-        str, HeaderParameter(name="authorization", description="Bearer <device key>")
-    ],
-) -> wire.IngestResult:
+async def ingest(server: ServerDep, request: Request[Any, Any, Any]) -> wire.IngestResult:
     """Store one batched report from a device (gzip welcome); answered once committed.
 
     A reportId already stored answers with duplicate=true and changes nothing.
     """
-    device_id: int = request.state.device_id
+    key = bearer(request)
+    raw = await request.body()
+    if key is None:
+        return await legacy_ingest(server, raw)  # type: ignore[return-value]
+    device_id = await device_from_key(server, key)
+    report = decode_body(raw, wire.Report)
     applied: Applied = await server.db.write_grouped(
-        INGEST_GROUP, Incoming(device_id, data, time.time())
+        INGEST_GROUP, Incoming(device_id, report, time.time())
     )
     server.hub.applied(applied)
-    return wire.IngestResult(report_id=data.report_id, duplicate=applied.duplicate)
+    return wire.IngestResult(report_id=report.report_id, duplicate=applied.duplicate)
 
 
 handlers = [register_device, ingest]
