@@ -1,0 +1,1 @@
+"""`smartmon tui`: the Textual dashboard. Never imports smartmon.server."""
