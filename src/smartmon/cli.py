@@ -425,6 +425,9 @@ def devices(
 
 
 def _register_agent() -> None:
+    from smartmon.tui.command import tui
+
+    app.command("tui")(tui)
     try:
         from smartmon.agent.command import agent
     except ImportError:  # the agent part is not installed in this build

@@ -15,7 +15,7 @@ def tui(
         typer.Option(
             "--server",
             "-s",
-            help="Server URL [env: SMARTMON_SERVER, MONITOR_SERVER_URL; default: the saved login's]",
+            help="Server URL (env SMARTMON_SERVER or MONITOR_SERVER_URL; default: the saved login's).",
         ),
     ] = None,
 ) -> None:
