@@ -1,8 +1,9 @@
 """The SQLite database: schema migrations, one writer with group commit, a few readers.
 
-Every write goes through `Database.write`: jobs queue up, the writer runs as many as are
-waiting in one transaction (each job in its own savepoint, so one failure stays its own),
-commits once, and only then answers each job. Reads use separate connections (WAL).
+Every write goes through `Database.write`: jobs (plain functions of a sqlite3 connection)
+queue up; the writer runs as many as are waiting in one transaction, in the writer
+connection's thread (each job in its own savepoint, so one failure stays its own), commits
+once, and only then answers each job. Reads use separate aiosqlite connections (WAL).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import contextlib
 import itertools
 import logging
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+import sqlite3
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -22,7 +24,7 @@ import aiosqlite
 log = logging.getLogger("smartmon.server")
 
 T = TypeVar("T")
-Job = Callable[[aiosqlite.Connection], Awaitable[Any]]
+Job = Callable[[sqlite3.Connection], Any]
 
 BUSY_TIMEOUT_MS = 5000
 MAX_BATCH = 512
@@ -145,6 +147,61 @@ MIGRATIONS: list[str] = [
         expires_at REAL NOT NULL
     ) WITHOUT ROWID;
     """,
+    # 3: open connections in their own table clustered by device (a report touches a few
+    # pages, not one per connection), closed ones appended to a history table
+    """
+    CREATE TABLE open_connections (
+        device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        protocol TEXT NOT NULL,
+        source_ip TEXT NOT NULL,
+        source_port INTEGER NOT NULL,
+        dest_ip TEXT NOT NULL,
+        dest_port INTEGER NOT NULL,
+        family INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        pid INTEGER,
+        process TEXT,
+        bytes_in INTEGER,
+        bytes_out INTEGER,
+        packets_in INTEGER,
+        packets_out INTEGER,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        PRIMARY KEY (device_id, protocol, source_ip, source_port, dest_ip, dest_port)
+    ) WITHOUT ROWID;
+    CREATE TABLE closed_connections (
+        id INTEGER PRIMARY KEY,
+        device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        protocol TEXT NOT NULL,
+        source_ip TEXT NOT NULL,
+        source_port INTEGER NOT NULL,
+        dest_ip TEXT NOT NULL,
+        dest_port INTEGER NOT NULL,
+        family INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        pid INTEGER,
+        process TEXT,
+        bytes_in INTEGER,
+        bytes_out INTEGER,
+        packets_in INTEGER,
+        packets_out INTEGER,
+        first_seen REAL NOT NULL,
+        last_seen REAL NOT NULL,
+        closed_at REAL NOT NULL
+    );
+    CREATE INDEX closed_connections_device ON closed_connections (device_id, closed_at);
+    CREATE INDEX closed_connections_age ON closed_connections (closed_at);
+    INSERT INTO open_connections SELECT device_id, protocol, source_ip, source_port, dest_ip,
+        dest_port, family, state, pid, process, bytes_in, bytes_out, packets_in, packets_out,
+        first_seen, last_seen FROM connections WHERE closed_at IS NULL;
+    INSERT INTO closed_connections (device_id, protocol, source_ip, source_port, dest_ip,
+        dest_port, family, state, pid, process, bytes_in, bytes_out, packets_in, packets_out,
+        first_seen, last_seen, closed_at) SELECT device_id, protocol, source_ip, source_port,
+        dest_ip, dest_port, family, state, pid, process, bytes_in, bytes_out, packets_in,
+        packets_out, first_seen, last_seen, closed_at FROM connections
+        WHERE closed_at IS NOT NULL ORDER BY closed_at;
+    DROP TABLE connections;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -160,6 +217,7 @@ async def connect(path: Path, *, readonly: bool = False) -> aiosqlite.Connection
     else:
         await conn.execute("PRAGMA journal_mode = WAL")
         await conn.execute("PRAGMA synchronous = NORMAL")
+        await conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: keep hot pages in memory
     return conn
 
 
@@ -207,7 +265,7 @@ class Database:
     path: Path
     writer: aiosqlite.Connection
     readers: list[aiosqlite.Connection]
-    grouped: dict[str, Callable[[aiosqlite.Connection, list[Any]], Awaitable[list[Any]]]] = field(
+    grouped: dict[str, Callable[[sqlite3.Connection, list[Any]], list[Any]]] = field(
         default_factory=dict
     )
     on_rollback: list[Callable[[], None]] = field(default_factory=list)
@@ -246,8 +304,8 @@ class Database:
         async with self.reader().execute(sql, params) as cursor:
             return await cursor.fetchone()
 
-    async def write(self, job: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
-        """Run job in the next transaction; returns its result once committed."""
+    async def write(self, job: Callable[[sqlite3.Connection], T]) -> T:
+        """Run job (in the writer's thread) in the next transaction; its result once committed."""
         result: T = await self._submit(job, None)
         return result
 
@@ -280,56 +338,66 @@ class Database:
                 return
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
-        conn = self.writer
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]] = []
+        # The whole batch runs in the writer connection's own thread in one hop: under load,
+        # every await between statements would wait behind all the ready request handlers.
         try:
-            await conn.execute("BEGIN IMMEDIATE")
-            for group, members in _runs(batch):
-                await self._run_group(conn, group, members, outcomes)
-            await conn.execute("COMMIT")
+            outcomes = await self._in_writer_thread(self._run_batch_sync, _runs(batch))
         except Exception as exc:  # the transaction as a whole failed (disk full, I/O error)
             log.error("write transaction failed: %s", exc)
-            with contextlib.suppress(Exception):
-                await conn.execute("ROLLBACK")
-            self._rolled_back()
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
             return
-        for future, result, error in outcomes:
-            if future.done():
+        for pending, (result, error) in zip(batch, outcomes, strict=True):
+            if pending.future.done():
                 continue
             if error is not None:
-                future.set_exception(error)
+                pending.future.set_exception(error)
             else:
-                future.set_result(result)
+                pending.future.set_result(result)
 
-    async def _run_group(
-        self,
-        conn: aiosqlite.Connection,
-        group: str | None,
-        members: list[_Pending],
-        outcomes: list[tuple[asyncio.Future[Any], Any, BaseException | None]],
-    ) -> None:
-        await conn.execute("SAVEPOINT job")
+    async def _in_writer_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        # aiosqlite runs each connection's calls on that connection's own thread through
+        # `_execute`; it has no public way to run a function of several statements there.
+        # tests/server/test_db_writer.py fails loudly if an aiosqlite upgrade removes it.
+        result: T = await self.writer._execute(fn, *args)  # type: ignore[no-untyped-call]
+        return result
+
+    def _run_batch_sync(
+        self, runs: list[tuple[str | None, list[_Pending]]]
+    ) -> list[tuple[Any, BaseException | None]]:
+        conn = self.writer._conn
+        outcomes: list[tuple[Any, BaseException | None]] = []
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            for group, members in runs:
+                outcomes.extend(self._run_group(conn, group, members))
+            conn.execute("COMMIT")
+        except Exception:
+            with contextlib.suppress(Exception):
+                conn.execute("ROLLBACK")
+            self._rolled_back()
+            raise
+        return outcomes
+
+    def _run_group(
+        self, conn: sqlite3.Connection, group: str | None, members: list[_Pending]
+    ) -> list[tuple[Any, BaseException | None]]:
+        conn.execute("SAVEPOINT job")
         try:
             if group is None:
-                results = [await members[0].job(conn)]
+                results = [members[0].job(conn)]
             else:
-                results = await self.grouped[group](conn, [m.job for m in members])
-            await conn.execute("RELEASE job")
+                results = self.grouped[group](conn, [m.job for m in members])
+            conn.execute("RELEASE job")
         except Exception as exc:
-            await conn.execute("ROLLBACK TO job")
-            await conn.execute("RELEASE job")
+            conn.execute("ROLLBACK TO job")
+            conn.execute("RELEASE job")
             self._rolled_back()
             if len(members) > 1:  # isolate the failing item: retry each on its own
-                for member in members:
-                    await self._run_group(conn, group, [member], outcomes)
-                return
-            outcomes.append((members[0].future, None, exc))
-            return
-        for member, result in zip(members, results, strict=True):
-            outcomes.append((member.future, result, None))
+                return [o for m in members for o in self._run_group(conn, group, [m])]
+            return [(None, exc)]
+        return [(result, None) for result in results]
 
     def _rolled_back(self) -> None:
         for callback in self.on_rollback:

@@ -8,12 +8,13 @@ Unchanged connections are not written at all (their last-seen is the device's).
 
 from __future__ import annotations
 
+import heapq
 import json
+import sqlite3
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiosqlite
 import msgspec
 
 from smartmon import wire
@@ -54,16 +55,6 @@ class Applied:
     closed: list[wire.Connection] = field(default_factory=list)
 
 
-@dataclass
-class _Open:
-    connection: wire.Connection
-    first_seen: float
-
-
-def _counters(c: wire.Connection) -> tuple[Any, ...]:
-    return (c.state, c.pid, c.process, c.bytes_in, c.bytes_out, c.packets_in, c.packets_out)
-
-
 def _is_destination(c: wire.Connection) -> bool:
     return c.dest_port != 0 and c.dest_ip not in UNSPECIFIED
 
@@ -73,6 +64,7 @@ class _Writes:
     inserts: list[tuple[Any, ...]] = field(default_factory=list)
     updates: list[tuple[Any, ...]] = field(default_factory=list)
     closes: list[tuple[Any, ...]] = field(default_factory=list)
+    deletes: list[tuple[Any, ...]] = field(default_factory=list)
     closed_inserts: list[tuple[Any, ...]] = field(default_factory=list)
     new_destinations: list[tuple[Any, ...]] = field(default_factory=list)
     closed_destinations: list[tuple[Any, ...]] = field(default_factory=list)
@@ -81,28 +73,31 @@ class _Writes:
     devices: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
-_CONNECTION_COLUMNS = (
-    "device_id, protocol, family, source_ip, source_port, dest_ip, dest_port, state, pid, process,"
+_COLUMNS = (
+    "device_id, protocol, source_ip, source_port, dest_ip, dest_port, family, state, pid, process,"
     " bytes_in, bytes_out, packets_in, packets_out, first_seen, last_seen"
 )
 _KEY_WHERE = (
     "device_id = ? AND protocol = ? AND source_ip = ? AND source_port = ? AND dest_ip = ?"
-    " AND dest_port = ? AND closed_at IS NULL"
+    " AND dest_port = ?"
 )
-SQL_INSERT = f"INSERT INTO connections ({_CONNECTION_COLUMNS}) VALUES ({', '.join('?' * 16)})"
+SQL_INSERT = f"INSERT INTO open_connections ({_COLUMNS}) VALUES ({', '.join('?' * 16)})"
 SQL_INSERT_CLOSED = (
-    f"INSERT INTO connections ({_CONNECTION_COLUMNS}, closed_at) VALUES ({', '.join('?' * 17)})"
+    f"INSERT INTO closed_connections ({_COLUMNS}, closed_at) VALUES ({', '.join('?' * 17)})"
 )
 SQL_UPDATE = (
-    "UPDATE connections SET state = ?, pid = ?, process = ?, bytes_in = ?, bytes_out = ?,"
+    "UPDATE open_connections SET state = ?, pid = ?, process = ?, bytes_in = ?, bytes_out = ?,"
     f" packets_in = ?, packets_out = ?, last_seen = ? WHERE {_KEY_WHERE}"
 )
+# closing moves the row to the history, with the final counters when the agent sent them
 SQL_CLOSE = (
-    "UPDATE connections SET state = ?, pid = coalesce(?, pid), process = coalesce(?, process),"
-    " bytes_in = coalesce(?, bytes_in), bytes_out = coalesce(?, bytes_out),"
-    " packets_in = coalesce(?, packets_in), packets_out = coalesce(?, packets_out),"
-    f" last_seen = ?, closed_at = ? WHERE {_KEY_WHERE}"
+    f"INSERT INTO closed_connections ({_COLUMNS}, closed_at) SELECT device_id, protocol,"
+    " source_ip, source_port, dest_ip, dest_port, family, ?, coalesce(?, pid),"
+    " coalesce(?, process), coalesce(?, bytes_in), coalesce(?, bytes_out),"
+    " coalesce(?, packets_in), coalesce(?, packets_out), first_seen, ?, ?"
+    f" FROM open_connections WHERE {_KEY_WHERE}"
 )
+SQL_DELETE_OPEN = f"DELETE FROM open_connections WHERE {_KEY_WHERE}"
 SQL_NEW_DESTINATION = (
     "INSERT INTO destinations (device_id, protocol, ip, port, first_seen, last_seen)"
     " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO UPDATE SET last_seen = excluded.last_seen"
@@ -124,7 +119,7 @@ class Ingest:
     """Applies batches of reports; owns the cache of open connections (writer only)."""
 
     def __init__(self, cached_devices: int = 4096) -> None:
-        self._open: OrderedDict[int, dict[Key, _Open]] = OrderedDict()
+        self._open: OrderedDict[int, dict[Key, wire.Connection]] = OrderedDict()
         self._cached_devices = cached_devices
 
     def forget(self, device_id: int | None = None) -> None:
@@ -134,51 +129,50 @@ class Ingest:
         else:
             self._open.pop(device_id, None)
 
-    async def _open_connections(
-        self, conn: aiosqlite.Connection, device_id: int
-    ) -> dict[Key, _Open]:
+    def _open_connections(
+        self, conn: sqlite3.Connection, device_id: int
+    ) -> dict[Key, wire.Connection]:
         cached = self._open.get(device_id)
         if cached is not None:
             self._open.move_to_end(device_id)
             return cached
-        loaded: dict[Key, _Open] = {}
-        async with conn.execute(
+        loaded: dict[Key, wire.Connection] = {}
+        for row in conn.execute(
             "SELECT protocol, family, source_ip, source_port, dest_ip, dest_port, state, pid,"
-            " process, bytes_in, bytes_out, packets_in, packets_out, first_seen FROM connections"
-            " WHERE device_id = ? AND closed_at IS NULL",
+            " process, bytes_in, bytes_out, packets_in, packets_out FROM open_connections"
+            " WHERE device_id = ?",
             (device_id,),
-        ) as cursor:
-            async for row in cursor:
-                c = wire.Connection(
+        ):
+            c = wire.Connection(
                     protocol=row[0], family=row[1], source_ip=row[2], source_port=row[3],
                     dest_ip=row[4], dest_port=row[5], state=row[6], pid=row[7], process=row[8],
                     bytes_in=row[9], bytes_out=row[10], packets_in=row[11], packets_out=row[12],
                 )  # fmt: skip
-                loaded[c.key] = _Open(c, row[13])
+            loaded[c.key] = c
         self._open[device_id] = loaded
         while len(self._open) > self._cached_devices:
             self._open.popitem(last=False)
         return loaded
 
-    async def apply(
-        self, conn: aiosqlite.Connection, items: list[Incoming | LegacyIncoming]
+    def apply(
+        self, conn: sqlite3.Connection, items: list[Incoming | LegacyIncoming]
     ) -> list[Applied]:
         """Apply items in order inside the caller's transaction; one Applied per item."""
         reports = [i for i in items if isinstance(i, Incoming)]
-        stored = await _stored_report_ids(conn, [i.report.report_id for i in reports])
-        devices = await _device_rows(conn, {i.device_id for i in items})
+        stored = _stored_report_ids(conn, [i.report.report_id for i in reports])
+        devices = _device_rows(conn, {i.device_id for i in items})
         writes = _Writes()
         results: list[Applied] = []
         for item in items:
             if item.device_id in writes.devices:
                 # a second report of one device in this batch must see the first one's rows
-                await _flush(conn, writes)
+                _flush(conn, writes)
                 writes = _Writes()
             device = devices.get(item.device_id)
             if device is None:  # deleted while the report was queued
                 results.append(Applied(item.device_id, None, duplicate=True))
                 continue
-            open_now = await self._open_connections(conn, item.device_id)
+            open_now = self._open_connections(conn, item.device_id)
             if isinstance(item, LegacyIncoming):
                 results.append(self._legacy(item, device, open_now, writes))
                 continue
@@ -188,19 +182,19 @@ class Ingest:
                 continue
             stored.add(report_id)
             results.append(self._report(item, device, open_now, writes))
-        await _flush(conn, writes)
+        _flush(conn, writes)
         return results
 
     def _legacy(
         self,
         item: LegacyIncoming,
         device: dict[str, Any],
-        open_now: dict[Key, _Open],
+        open_now: dict[Key, wire.Connection],
         writes: _Writes,
     ) -> Applied:
         applied = Applied(item.device_id, None)
         now = item.received_at
-        _upsert(item.device_id, item.connection, now, open_now, writes, applied)
+        _upsert_all(item.device_id, [item.connection], now, open_now, writes, applied)
         device.update(last_seen=now)
         _summarise(device, open_now)
         writes.devices[item.device_id] = device
@@ -208,7 +202,11 @@ class Ingest:
         return applied
 
     def _report(
-        self, item: Incoming, device: dict[str, Any], open_now: dict[Key, _Open], writes: _Writes
+        self,
+        item: Incoming,
+        device: dict[str, Any],
+        open_now: dict[Key, wire.Connection],
+        writes: _Writes,
     ) -> Applied:
         report, now, device_id = item.report, item.received_at, item.device_id
         applied = Applied(device_id, report.report_id.lower())
@@ -216,10 +214,7 @@ class Ingest:
         writes.reports.append((applied.report_id, device_id, report.seq, collected, now))
         late = device["collected_at"] is not None and collected < device["collected_at"]
         if not late:
-            seen: set[Key] = set()
-            for c in report.connections:
-                seen.add(c.key)
-                _upsert(device_id, c, now, open_now, writes, applied)
+            seen = _upsert_all(device_id, report.connections, now, open_now, writes, applied)
             finals = {c.key: c for c in report.closed}
             for key in [k for k in open_now if k not in seen]:
                 _close(
@@ -267,50 +262,64 @@ def _row(
     device_id: int, c: wire.Connection, first_seen: float, last_seen: float
 ) -> tuple[Any, ...]:
     return (
-        device_id, c.protocol, c.family, c.source_ip, c.source_port, c.dest_ip, c.dest_port,
+        device_id, c.protocol, c.source_ip, c.source_port, c.dest_ip, c.dest_port, c.family,
         c.state, c.pid, c.process, c.bytes_in, c.bytes_out, c.packets_in, c.packets_out,
         first_seen, last_seen,
     )  # fmt: skip
 
 
-def _key_params(device_id: int, key: Key) -> tuple[Any, ...]:
-    return (device_id, *key)
-
-
-def _upsert(
+def _upsert_all(
     device_id: int,
-    c: wire.Connection,
+    connections: list[wire.Connection],
     now: float,
-    open_now: dict[Key, _Open],
+    open_now: dict[Key, wire.Connection],
     writes: _Writes,
     applied: Applied,
-) -> None:
-    key = c.key
-    known = open_now.get(key)
-    if known is None:
-        open_now[key] = _Open(c, now)
-        writes.inserts.append(_row(device_id, c, now, now))
-        if _is_destination(c):
-            writes.new_destinations.append(
-                (device_id, c.protocol, c.dest_ip, c.dest_port, now, now)
+) -> set[Key]:
+    """Insert new connections, update changed ones; the keys seen. (The hot loop of ingest.)"""
+    seen: set[Key] = set()
+    for c in connections:
+        key = (c.protocol, c.source_ip, c.source_port, c.dest_ip, c.dest_port)
+        seen.add(key)
+        known = open_now.get(key)
+        if known is None:
+            open_now[key] = c
+            writes.inserts.append(_row(device_id, c, now, now))
+            if _is_destination(c):
+                writes.new_destinations.append(
+                    (device_id, c.protocol, c.dest_ip, c.dest_port, now, now)
+                )
+            applied.opened.append(c)
+        elif known != c:  # struct equality: state, process or a counter moved
+            open_now[key] = c
+            writes.updates.append(
+                (
+                    c.state,
+                    c.pid,
+                    c.process,
+                    c.bytes_in,
+                    c.bytes_out,
+                    c.packets_in,
+                    c.packets_out,
+                    now,
+                    device_id,
+                    *key,
+                )
             )
-        applied.opened.append(c)
-    elif _counters(known.connection) != _counters(c):
-        known.connection = c
-        writes.updates.append((*_counters(c), now, *_key_params(device_id, key)))
-        applied.changed.append(c)
+            applied.changed.append(c)
+    return seen
 
 
 def _close(
     device_id: int,
-    known: _Open,
+    known: wire.Connection,
     final: wire.Connection | None,
     device: dict[str, Any],
     now: float,
     writes: _Writes,
     applied: Applied,
 ) -> None:
-    c = final or known.connection
+    c = final or known
     last_seen = now if final is not None else (device["last_seen"] or now)
     writes.closes.append(
         (
@@ -323,9 +332,11 @@ def _close(
             c.packets_out,
             last_seen,
             now,
-            *_key_params(device_id, c.key),
+            device_id,
+            *c.key,
         )
     )
+    writes.deletes.append((device_id, *c.key))
     if _is_destination(c):
         writes.closed_destinations.append(_destination_close(device_id, c, last_seen))
     applied.closed.append(c)
@@ -375,32 +386,29 @@ def _traffic(
         device["bytes_in_rate"] = device["bytes_out_rate"] = None
 
 
-def _summarise(device: dict[str, Any], open_now: dict[Key, _Open]) -> None:
+def _summarise(device: dict[str, Any], open_now: dict[Key, wire.Connection]) -> None:
     """The device row's summary of its open connections, read by the dashboard list."""
     protocols: set[str] = set()
-    activity: dict[str, list[int]] = {}
-    for entry in open_now.values():
-        c = entry.connection
+    activity: dict[str, int] = {}  # remote IP -> bytes moved plus one per connection
+    for c in open_now.values():
         protocols.add(c.protocol)
-        if c.dest_ip in UNSPECIFIED:
-            continue
-        score = activity.setdefault(c.dest_ip, [0, 0])
-        score[0] += (c.bytes_in or 0) + (c.bytes_out or 0)
-        score[1] += 1
-    top = sorted(activity, key=lambda ip: (activity[ip][0], activity[ip][1]), reverse=True)
+        ip = c.dest_ip
+        if ip not in UNSPECIFIED:
+            activity[ip] = activity.get(ip, 0) + (c.bytes_in or 0) + (c.bytes_out or 0) + 1
     device["connection_count"] = len(open_now)
-    device["protocols"] = json.dumps(sorted(protocols))
-    device["unique_ips"] = json.dumps(top[:TOP_IPS])
+    device["protocols"] = msgspec.json.encode(sorted(protocols)).decode()
+    device["unique_ips"] = msgspec.json.encode(
+        heapq.nlargest(TOP_IPS, activity, key=activity.__getitem__)
+    ).decode()
 
 
-async def _stored_report_ids(conn: aiosqlite.Connection, report_ids: list[str]) -> set[str]:
+def _stored_report_ids(conn: sqlite3.Connection, report_ids: list[str]) -> set[str]:
     found: set[str] = set()
     ids = [r.lower() for r in report_ids]
     for start in range(0, len(ids), 500):
         chunk = ids[start : start + 500]
         sql = f"SELECT report_id FROM reports WHERE report_id IN ({', '.join('?' * len(chunk))})"
-        async with conn.execute(sql, chunk) as cursor:
-            found.update(row[0] for row in await cursor.fetchall())
+        found.update(row[0] for row in conn.execute(sql, chunk))
     return found
 
 
@@ -419,9 +427,7 @@ SQL_DEVICE_UPDATE = (
 )
 
 
-async def _device_rows(
-    conn: aiosqlite.Connection, device_ids: set[int]
-) -> dict[int, dict[str, Any]]:
+def _device_rows(conn: sqlite3.Connection, device_ids: set[int]) -> dict[int, dict[str, Any]]:
     rows: dict[int, dict[str, Any]] = {}
     ids = sorted(device_ids)
     columns = ["d.id", "d.name", "d.user_id", "d.registered_at", "d.key_hash", "u.username"]
@@ -433,16 +439,16 @@ async def _device_rows(
             f"SELECT {', '.join(columns)} FROM devices d JOIN users u ON u.id = d.user_id"
             f" WHERE d.id IN ({', '.join('?' * len(chunk))})"
         )
-        async with conn.execute(sql, chunk) as cursor:
-            for row in await cursor.fetchall():
-                rows[row[0]] = dict(zip(names, row, strict=True))
+        for row in conn.execute(sql, chunk):
+            rows[row[0]] = dict(zip(names, row, strict=True))
     return rows
 
 
-async def _flush(conn: aiosqlite.Connection, writes: _Writes) -> None:
+def _flush(conn: sqlite3.Connection, writes: _Writes) -> None:
     # closes before inserts: a key closed and reopened in one batch must not collide
     for sql, rows in (
         (SQL_CLOSE, writes.closes),
+        (SQL_DELETE_OPEN, writes.deletes),
         (SQL_UPDATE, writes.updates),
         (SQL_INSERT, writes.inserts),
         (SQL_INSERT_CLOSED, writes.closed_inserts),
@@ -452,10 +458,10 @@ async def _flush(conn: aiosqlite.Connection, writes: _Writes) -> None:
         (SQL_REPORT, writes.reports),
     ):
         if rows:
-            await conn.executemany(sql, rows)
+            conn.executemany(sql, rows)
     if writes.devices:
         fields = ["id", *_DEVICE_FIELDS]
-        await conn.executemany(
+        conn.executemany(
             SQL_DEVICE_UPDATE,
             [{f: device[f] for f in fields} for device in writes.devices.values()],
         )

@@ -7,6 +7,7 @@ its connection. Rows come back as plain dicts or schema Structs.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -90,23 +91,21 @@ async def list_users(db: Database) -> list[User]:
     return [u for u in map(_user, rows) if u is not None]
 
 
-async def insert_user(
-    conn: aiosqlite.Connection,
+def insert_user(
+    conn: sqlite3.Connection,
     username: str,
     password_hash: str,
     role: str | None,
     email: str | None,
 ) -> User:
     """Create an account; role None means admin for the first account, else user."""
-    async with conn.execute("SELECT 1 FROM users WHERE username = ?", (username,)) as cursor:
-        if await cursor.fetchone() is not None:
-            raise ApiError(409, f"the username {username!r} is taken", field="username")
+    if conn.execute("SELECT 1 FROM users WHERE username = ?", (username,)).fetchone() is not None:
+        raise ApiError(409, f"the username {username!r} is taken", field="username")
     if role is None:
-        async with conn.execute("SELECT count(*) FROM users") as cursor:
-            row = await cursor.fetchone()
+        row = conn.execute("SELECT count(*) FROM users").fetchone()
         role = "admin" if row is not None and row[0] == 0 else "user"
     now = time.time()
-    cursor = await conn.execute(
+    cursor = conn.execute(
         "INSERT INTO users (username, email, password_hash, role, created_at) VALUES (?, ?, ?, ?, ?)",
         (username, email, password_hash, role, now),
     )
@@ -114,26 +113,25 @@ async def insert_user(
     return User(cursor.lastrowid, username, role, False, password_hash, email, now)
 
 
-async def count_users(conn: aiosqlite.Connection) -> int:
+def count_users(conn: sqlite3.Connection) -> int:
     """How many accounts exist."""
-    async with conn.execute("SELECT count(*) FROM users") as cursor:
-        row = await cursor.fetchone()
+    row = conn.execute("SELECT count(*) FROM users").fetchone()
     return int(row[0]) if row else 0
 
 
-async def update_user(
-    conn: aiosqlite.Connection, user_id: int, role: str | None, disabled: bool | None
+def update_user(
+    conn: sqlite3.Connection, user_id: int, role: str | None, disabled: bool | None
 ) -> None:
     """Change an account's role or disabled flag."""
     if role is not None:
-        await conn.execute("UPDATE users SET role = ? WHERE id = ?", (role, user_id))
+        conn.execute("UPDATE users SET role = ? WHERE id = ?", (role, user_id))
     if disabled is not None:
-        await conn.execute("UPDATE users SET disabled = ? WHERE id = ?", (int(disabled), user_id))
+        conn.execute("UPDATE users SET disabled = ? WHERE id = ?", (int(disabled), user_id))
 
 
-async def set_password_hash(conn: aiosqlite.Connection, user_id: int, password_hash: str) -> None:
+def set_password_hash(conn: sqlite3.Connection, user_id: int, password_hash: str) -> None:
     """Store a rehashed password."""
-    await conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
+    conn.execute("UPDATE users SET password_hash = ? WHERE id = ?", (password_hash, user_id))
 
 
 # ---- access-token revocation ---------------------------------------------------------------
@@ -145,9 +143,9 @@ async def revoked_jtis(db: Database) -> set[str]:
     return {row[0] for row in rows}
 
 
-async def revoke_jti(conn: aiosqlite.Connection, jti: str, expires_at: float) -> None:
+def revoke_jti(conn: sqlite3.Connection, jti: str, expires_at: float) -> None:
     """Remember a revoked access token until it would have expired."""
-    await conn.execute(
+    conn.execute(
         "INSERT OR IGNORE INTO revoked_tokens (jti, expires_at) VALUES (?, ?)", (jti, expires_at)
     )
 
@@ -163,11 +161,11 @@ def _token_status(row: aiosqlite.Row, now: float) -> str:
     return "active"
 
 
-async def insert_enrollment_token(
-    conn: aiosqlite.Connection, user_id: int, name: str, token_hash: bytes, expires_at: float | None
+def insert_enrollment_token(
+    conn: sqlite3.Connection, user_id: int, name: str, token_hash: bytes, expires_at: float | None
 ) -> int:
     """Store a new enrollment token's hash; returns its id."""
-    cursor = await conn.execute(
+    cursor = conn.execute(
         "INSERT INTO enrollment_tokens (user_id, name, token_hash, created_at, expires_at)"
         " VALUES (?, ?, ?, ?, ?)",
         (user_id, name, token_hash, time.time(), expires_at),
@@ -196,37 +194,36 @@ async def list_enrollment_tokens(db: Database, user_id: int) -> list[api.TokenIn
     ]
 
 
-async def revoke_enrollment_token(conn: aiosqlite.Connection, user_id: int, token_id: int) -> bool:
+def revoke_enrollment_token(conn: sqlite3.Connection, user_id: int, token_id: int) -> bool:
     """Revoke one of the user's tokens; False when it is not theirs or does not exist."""
     if not valid_id(token_id):
         return False
-    cursor = await conn.execute(
+    cursor = conn.execute(
         "UPDATE enrollment_tokens SET revoked_at = coalesce(revoked_at, ?) WHERE id = ? AND user_id = ?",
         (time.time(), token_id, user_id),
     )
     return cursor.rowcount > 0
 
 
-async def enrollment_token_owner(conn: aiosqlite.Connection, token_hash: bytes) -> int | None:
+def enrollment_token_owner(conn: sqlite3.Connection, token_hash: bytes) -> int | None:
     """The user of an active enrollment token (and mark it used), else None."""
     now = time.time()
-    async with conn.execute(
+    row = conn.execute(
         "SELECT id, user_id FROM enrollment_tokens WHERE token_hash = ? AND revoked_at IS NULL"
         " AND (expires_at IS NULL OR expires_at > ?)",
         (token_hash, now),
-    ) as cursor:
-        row = await cursor.fetchone()
+    ).fetchone()
     if row is None:
         return None
-    await conn.execute("UPDATE enrollment_tokens SET last_used_at = ? WHERE id = ?", (now, row[0]))
+    conn.execute("UPDATE enrollment_tokens SET last_used_at = ? WHERE id = ?", (now, row[0]))
     return int(row[1])
 
 
 # ---- devices ---------------------------------------------------------------------------------
 
 
-async def enroll_device(
-    conn: aiosqlite.Connection,
+def enroll_device(
+    conn: sqlite3.Connection,
     user_id: int,
     name: str,
     key_hash: bytes,
@@ -238,18 +235,17 @@ async def enroll_device(
 
     Returns the device id and the hash of the key it replaces, if any.
     """
-    async with conn.execute(
+    row = conn.execute(
         "SELECT id, key_hash FROM devices WHERE user_id = ? AND name = ?", (user_id, name)
-    ) as cursor:
-        row = await cursor.fetchone()
+    ).fetchone()
     if row is not None:
-        await conn.execute(
+        conn.execute(
             "UPDATE devices SET key_hash = ?, hostname = coalesce(?, hostname), os = coalesce(?, os),"
             " agent_version = coalesce(?, agent_version) WHERE id = ?",
             (key_hash, hostname, os_name, agent_version, row[0]),
         )
         return int(row[0]), row[1]
-    cursor = await conn.execute(
+    cursor = conn.execute(
         "INSERT INTO devices (user_id, name, key_hash, registered_at, hostname, os, agent_version)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",
         (user_id, name, key_hash, time.time(), hostname, os_name, agent_version),
@@ -272,21 +268,21 @@ async def device_owner(db: Database, device_id: int) -> tuple[int, bytes | None]
     return (int(row[0]), row[1]) if row else None
 
 
-async def delete_device(conn: aiosqlite.Connection, device_id: int) -> None:
+def delete_device(conn: sqlite3.Connection, device_id: int) -> None:
     """Delete a device and, by cascade, all its data."""
-    await conn.execute("DELETE FROM devices WHERE id = ?", (device_id,))
+    conn.execute("DELETE FROM devices WHERE id = ?", (device_id,))
 
 
-async def revoke_device_key(conn: aiosqlite.Connection, device_id: int) -> None:
+def revoke_device_key(conn: sqlite3.Connection, device_id: int) -> None:
     """Invalidate a device's key; its data stays."""
-    await conn.execute("UPDATE devices SET key_hash = NULL WHERE id = ?", (device_id,))
+    conn.execute("UPDATE devices SET key_hash = NULL WHERE id = ?", (device_id,))
 
 
-async def save_legacy_session(
-    conn: aiosqlite.Connection, token_hash: bytes, device_id: int, expires_at: float
+def save_legacy_session(
+    conn: sqlite3.Connection, token_hash: bytes, device_id: int, expires_at: float
 ) -> None:
     """Remember which device a prototype agent registered with this login token."""
-    await conn.execute(
+    conn.execute(
         "INSERT INTO legacy_sessions (token_hash, device_id, expires_at) VALUES (?, ?, ?)"
         " ON CONFLICT DO UPDATE SET device_id = excluded.device_id, expires_at = excluded.expires_at",
         (token_hash, device_id, expires_at),
@@ -301,15 +297,13 @@ async def legacy_device(db: Database, token_hash: bytes) -> int | None:
     return int(row[0]) if row else None
 
 
-async def prune(conn: aiosqlite.Connection, before: float) -> None:
+def prune(conn: sqlite3.Connection, before: float) -> None:
     """Forget history older than the retention horizon (dedupe ids, samples, closed rows)."""
-    await conn.execute("DELETE FROM reports WHERE received_at < ?", (before,))
-    await conn.execute("DELETE FROM traffic WHERE t < ?", (before,))
-    await conn.execute(
-        "DELETE FROM connections WHERE closed_at IS NOT NULL AND closed_at < ?", (before,)
-    )
-    await conn.execute("DELETE FROM revoked_tokens WHERE expires_at < ?", (time.time(),))
-    await conn.execute("DELETE FROM legacy_sessions WHERE expires_at < ?", (time.time(),))
+    conn.execute("DELETE FROM reports WHERE received_at < ?", (before,))
+    conn.execute("DELETE FROM traffic WHERE t < ?", (before,))
+    conn.execute("DELETE FROM closed_connections WHERE closed_at < ?", (before,))
+    conn.execute("DELETE FROM revoked_tokens WHERE expires_at < ?", (time.time(),))
+    conn.execute("DELETE FROM legacy_sessions WHERE expires_at < ?", (time.time(),))
 
 
 # ---- dashboard reads -------------------------------------------------------------------------
@@ -403,7 +397,7 @@ class ConnectionFilter:
 
     def where(self, device_id: int) -> tuple[str, list[Any]]:
         """SQL WHERE clause and parameters."""
-        clauses = ["device_id = ?", "closed_at IS NOT NULL" if self.closed else "closed_at IS NULL"]
+        clauses = ["device_id = ?"]
         params: list[Any] = [device_id]
         if self.protocol:
             clauses.append("protocol = ?")
@@ -432,12 +426,15 @@ async def device_connections(
 ) -> tuple[list[api.ConnectionOut], int]:
     """The filtered connections of a device (one page) and how many matched in all."""
     where, params = flt.where(device["id"])
-    order = "closed_at DESC" if flt.closed else "protocol, source_port, dest_ip, dest_port"
+    if flt.closed:
+        table, order = "closed_connections", "closed_at DESC, id DESC"
+    else:
+        table, order = "open_connections", "protocol, source_port, dest_ip, dest_port"
     rows = await db.fetchall(
-        f"SELECT * FROM connections WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
+        f"SELECT * FROM {table} WHERE {where} ORDER BY {order} LIMIT ? OFFSET ?",
         [*params, flt.limit, flt.offset],
     )
-    count_row = await db.fetchone(f"SELECT count(*) FROM connections WHERE {where}", params)
+    count_row = await db.fetchone(f"SELECT count(*) FROM {table} WHERE {where}", params)
     device_last_seen = device["last_seen"]
     out = [
         api.ConnectionOut(
@@ -457,11 +454,9 @@ async def device_connections(
             first_seen=api.timestamp(row["first_seen"]),
             # an open connection was in the device's latest report
             last_seen=api.timestamp(
-                row["last_seen"]
-                if row["closed_at"] is not None
-                else max(row["last_seen"], device_last_seen or 0)
+                row["last_seen"] if flt.closed else max(row["last_seen"], device_last_seen or 0)
             ),
-            closed_at=api.timestamp(row["closed_at"]),
+            closed_at=api.timestamp(row["closed_at"]) if flt.closed else None,
         )
         for row in rows
     ]
@@ -472,12 +467,12 @@ async def connection_summary(db: Database, device_id: int) -> api.ConnectionSumm
     """Totals over a device's open connections."""
     row = await db.fetchone(
         "SELECT count(*), count(DISTINCT source_ip), count(DISTINCT dest_ip), sum(bytes_in),"
-        " sum(bytes_out), sum(packets_in), sum(packets_out) FROM connections"
-        " WHERE device_id = ? AND closed_at IS NULL",
+        " sum(bytes_out), sum(packets_in), sum(packets_out) FROM open_connections"
+        " WHERE device_id = ?",
         (device_id,),
     )
     protocols = await db.fetchall(
-        "SELECT protocol, count(*) FROM connections WHERE device_id = ? AND closed_at IS NULL"
+        "SELECT protocol, count(*) FROM open_connections WHERE device_id = ?"
         " GROUP BY protocol ORDER BY protocol",
         (device_id,),
     )
@@ -514,8 +509,8 @@ async def destinations(
         " d.bytes_out + coalesce(o.bytes_out, 0) AS total_out, coalesce(o.n, 0) AS n"
         " FROM destinations d LEFT JOIN ("
         "   SELECT protocol, dest_ip, dest_port, sum(coalesce(bytes_in, 0)) AS bytes_in,"
-        "   sum(coalesce(bytes_out, 0)) AS bytes_out, count(*) AS n FROM connections"
-        "   WHERE device_id = ? AND closed_at IS NULL GROUP BY protocol, dest_ip, dest_port"
+        "   sum(coalesce(bytes_out, 0)) AS bytes_out, count(*) AS n FROM open_connections"
+        "   WHERE device_id = ? GROUP BY protocol, dest_ip, dest_port"
         " ) o ON o.protocol = d.protocol AND o.dest_ip = d.ip AND o.dest_port = d.port"
         " WHERE d.device_id = ? ORDER BY total_in + total_out DESC, d.last_seen DESC LIMIT ?",
         (device["id"], device["id"], limit),

@@ -122,11 +122,15 @@ class EventHub:
         self.publish(api.DeviceRemovedEvent(device_id=device_id), [f"user:{owner_id}", "admin"])
 
     def applied(self, applied: Applied) -> None:
-        """Publish what a committed report changed."""
+        """Publish what a committed report changed (building events only for listeners)."""
         row = applied.device
         if applied.duplicate or row is None:
             return
-        self.device_changed(store.device_out(row, time.time()), row["user_id"])
+        owner_id = row["user_id"]
+        deadline = (row["last_seen"] or 0.0) + max(3 * row["interval_s"], store.ONLINE_MIN_S)
+        self._deadlines[applied.device_id] = (deadline, owner_id)
+        if self.listening([f"user:{owner_id}", "admin"]):
+            self.device_changed(store.device_out(row, time.time()), owner_id)
         channel = f"device:{applied.device_id}"
         if self.listening([channel]) and (applied.opened or applied.changed or applied.closed):
             now = row["last_seen"] or time.time()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 from litestar import Request, get, post
@@ -41,19 +42,15 @@ async def create_account(
     """Hash the password, then create the account in one write."""
     password_hash = await hash_password(body.password)
 
-    async def insert(conn: Any) -> store.User:
-        if (
-            self_service
-            and not server.settings.open_registration
-            and await store.count_users(conn) > 0
-        ):
+    def insert(conn: sqlite3.Connection) -> store.User:
+        if self_service and not server.settings.open_registration and store.count_users(conn) > 0:
             raise ApiError(
                 403,
                 "registration is closed: ask an admin to create your account "
                 "(or start the server with --open-registration)",
                 error="registration_closed",
             )
-        return await store.insert_user(conn, body.username, password_hash, role, body.email)
+        return store.insert_user(conn, body.username, password_hash, role, body.email)
 
     return await server.db.write(insert)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from typing import Annotated, Any, Literal
 
@@ -79,9 +80,13 @@ async def device_detail(
 async def delete_device(who: CallerDep, device_id: FromPath[int], server: ServerDep) -> api.Done:
     """Delete a device and all its data (owner or admin)."""
     row = await owned_device(server, who, device_id)
-    await server.db.write(lambda conn: store.delete_device(conn, device_id))
+
+    def remove(conn: sqlite3.Connection) -> None:
+        store.delete_device(conn, device_id)
+        server.ingest.forget(device_id)  # the writer's cache, in the writer's thread
+
+    await server.db.write(remove)
     server.forget_key(row["key_hash"])
-    server.ingest.forget(device_id)
     server.hub.device_removed(device_id, row["user_id"])
     return api.Done(detail="device deleted")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -50,15 +51,13 @@ async def register_device(
         owner = (await user_from_token(server, token)).user.id
     key = new_secret(DEVICE_KEY_PREFIX)
 
-    async def enroll(conn: Any) -> tuple[int, bytes | None]:
+    def enroll(conn: sqlite3.Connection) -> tuple[int, bytes | None]:
         user_id = (
-            owner
-            if owner is not None
-            else await store.enrollment_token_owner(conn, secret_hash(token))
+            owner if owner is not None else store.enrollment_token_owner(conn, secret_hash(token))
         )
         if user_id is None:
             raise unauthorized("the enrollment token is unknown, expired or revoked")
-        device = await store.enroll_device(
+        device = store.enroll_device(
             conn,
             user_id,
             data.device_name.strip(),
@@ -68,7 +67,7 @@ async def register_device(
             data.agent_version,
         )
         if header_token is None:  # a prototype agent: its connection posts carry only this token
-            await store.save_legacy_session(
+            store.save_legacy_session(
                 conn, secret_hash(token), device[0], time.time() + LEGACY_SESSION_S
             )
         return device

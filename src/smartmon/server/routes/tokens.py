@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
-from typing import Any
 
 from litestar import delete, get, post
 from litestar.di import Provide
@@ -29,8 +29,8 @@ async def create_token(
     expires_at = time.time() + body.expires_days * 86400 if body.expires_days else None
     name = body.name or time.strftime("token %Y-%m-%d %H:%M")
 
-    async def insert(conn: Any) -> int:
-        return await store.insert_enrollment_token(
+    def insert(conn: sqlite3.Connection) -> int:
+        return store.insert_enrollment_token(
             conn, who.user.id, name, secret_hash(token), expires_at
         )
 

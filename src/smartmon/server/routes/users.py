@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+import sqlite3
 
 from litestar import get, patch, post
 from litestar.di import Provide
@@ -48,8 +48,8 @@ async def update_user(
             field="role" if data.role else "disabled",
         )
 
-    async def change(conn: Any) -> None:
-        await store.update_user(conn, user_id, data.role, data.disabled)
+    def change(conn: sqlite3.Connection) -> None:
+        store.update_user(conn, user_id, data.role, data.disabled)
 
     await server.db.write(change)
     updated = await store.user_by_id(server.db, user_id)
