@@ -75,7 +75,9 @@ def report(
     return body
 
 
-def ifaces(bytes_in: int, bytes_out: int, packets_in: int = 0, packets_out: int = 0) -> dict[str, int]:
+def ifaces(
+    bytes_in: int, bytes_out: int, packets_in: int = 0, packets_out: int = 0
+) -> dict[str, int]:
     """Cumulative interface counters in wire form."""
     return {"bytesIn": bytes_in, "bytesOut": bytes_out, "packetsIn": packets_in, "packetsOut": packets_out}  # fmt: skip
 
@@ -85,7 +87,9 @@ def post(server: LiveServer, key: str, body: Any, **kwargs: Any) -> httpx.Respon
     return server.request("POST", "/api/monitor/connections", key, json=body, **kwargs)
 
 
-def detail(server: LiveServer, device_id: int, token: str | None = None, **params: Any) -> dict[str, Any]:
+def detail(
+    server: LiveServer, device_id: int, token: str | None = None, **params: Any
+) -> dict[str, Any]:
     """The device detail's data (asserting 200)."""
     r = server.request(
         "GET", f"/api/dashboard/user/{device_id}", token or server.admin_token, params=params
@@ -142,7 +146,9 @@ def snapshot(data_dir: Path) -> dict[str, list[tuple[Any, ...]]]:
         }
 
 
-def login(server: LiveServer, username: str, password: str = USER_PASSWORD, **kwargs: Any) -> httpx.Response:
+def login(
+    server: LiveServer, username: str, password: str = USER_PASSWORD, **kwargs: Any
+) -> httpx.Response:
     """POST /api/auth/login."""
     return server.request(
         "POST", "/api/auth/login", json={"username": username, "password": password}, **kwargs
@@ -156,8 +162,13 @@ def fleet(live_server: LiveServer) -> dict[str, Any]:
     b_token = live_server.user_token("bob")
     a_device, a_key = live_server.enroll("alice-meter", a_token)
     b_device, b_key = live_server.enroll("bob-meter", b_token)
-    for key, ip, process in ((a_key, "198.51.100.7", "alice-proc"), (b_key, "203.0.113.9", "bob-proc")):
-        r = post(live_server, key, report([conn(ip, 8443, process=process)], interfaces=ifaces(10, 20)))
+    for key, ip, process in (
+        (a_key, "198.51.100.7", "alice-proc"),
+        (b_key, "203.0.113.9", "bob-proc"),
+    ):
+        r = post(
+            live_server, key, report([conn(ip, 8443, process=process)], interfaces=ifaces(10, 20))
+        )
         assert r.status_code == 200, r.text
     return {
         "a_token": a_token, "b_token": b_token, "a_device": a_device, "a_key": a_key,

@@ -40,7 +40,10 @@ def test_first_account_is_admin_then_registration_closes(live_server: LiveServer
     assert_error(login(live_server, "second"), 401)
     # an admin can still create accounts
     r = live_server.request(
-        "POST", "/api/users", body["accessToken"], json={"username": "second", "password": USER_PASSWORD}
+        "POST",
+        "/api/users",
+        body["accessToken"],
+        json={"username": "second", "password": USER_PASSWORD},
     )
     assert r.status_code == 201 and r.json()["role"] == "user"
 
@@ -48,12 +51,18 @@ def test_first_account_is_admin_then_registration_closes(live_server: LiveServer
 def test_open_registration_lets_anyone_register_as_user(tmp_path: Path) -> None:
     settings = ServerSettings(data_dir=tmp_path / "d", open_registration=True)
     with TestClient(create_app(settings)) as client:
-        first = client.post("/api/auth/register", json={"username": "boss", "password": "pw-12345678"})
-        second = client.post("/api/auth/register", json={"username": "worker", "password": "pw-12345678"})
+        first = client.post(
+            "/api/auth/register", json={"username": "boss", "password": "pw-12345678"}
+        )
+        second = client.post(
+            "/api/auth/register", json={"username": "worker", "password": "pw-12345678"}
+        )
         assert first.status_code == 201 and first.json()["user"]["role"] == "admin"
         assert second.status_code == 201 and second.json()["user"]["role"] == "user"
         # the same name again (any case) is a conflict, and the first account is untouched
-        r = client.post("/api/auth/register", json={"username": "WORKER", "password": "other-pass-1"})
+        r = client.post(
+            "/api/auth/register", json={"username": "WORKER", "password": "other-pass-1"}
+        )
         assert r.status_code == 409 and r.json()["field"] == "username"
         ok = client.post("/api/auth/login", json={"username": "worker", "password": "pw-12345678"})
         assert ok.status_code == 200 and ok.json()["user"]["role"] == "user"
@@ -131,7 +140,11 @@ def test_login_me_logout(live_server: LiveServer) -> None:
     out = live_server.request("POST", "/api/auth/logout", token)
     assert out.status_code == 200
     # revoked at once, for every endpoint
-    for method, path in (("GET", "/api/auth/me"), ("GET", "/api/tokens"), ("POST", "/api/auth/logout")):
+    for method, path in (
+        ("GET", "/api/auth/me"),
+        ("GET", "/api/tokens"),
+        ("POST", "/api/auth/logout"),
+    ):
         assert_error(live_server.request(method, path, token), 401)
     # other sessions of the same user are unaffected
     assert live_server.request("GET", "/api/auth/me", live_server.admin_token).status_code == 200
@@ -168,10 +181,14 @@ def test_wrong_password_and_unknown_user_answer_alike(
     assert wrong.headers.get("www-authenticate") == unknown.headers.get("www-authenticate")
 
 
-def test_disabled_user_cannot_log_in_and_answers_like_wrong_password(live_server: LiveServer) -> None:
+def test_disabled_user_cannot_log_in_and_answers_like_wrong_password(
+    live_server: LiveServer,
+) -> None:
     token = live_server.user_token("carol")
     me = live_server.request("GET", "/api/auth/me", token).json()
-    r = live_server.request("PATCH", f"/api/users/{me['id']}", live_server.admin_token, json={"disabled": True})
+    r = live_server.request(
+        "PATCH", f"/api/users/{me['id']}", live_server.admin_token, json={"disabled": True}
+    )
     assert r.status_code == 200
     disabled = login(live_server, "carol")
     unknown = login(live_server, "nobody-here")
@@ -180,7 +197,9 @@ def test_disabled_user_cannot_log_in_and_answers_like_wrong_password(live_server
 
 def test_stored_hash_is_argon2id_and_never_plaintext(live_server: LiveServer) -> None:
     live_server.admin_token  # noqa: B018
-    ((stored,),) = sql(live_server.data_dir, "SELECT password_hash FROM users WHERE username = 'admin'")
+    ((stored,),) = sql(
+        live_server.data_dir, "SELECT password_hash FROM users WHERE username = 'admin'"
+    )
     assert stored.startswith("$argon2id$")
     params = PasswordHasher()
     assert f"m={params.memory_cost},t={params.time_cost},p={params.parallelism}" in stored
@@ -193,7 +212,9 @@ def test_rehash_on_login_when_parameters_change(live_server: LiveServer) -> None
     weak = PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1).hash(USER_PASSWORD)
     sql(live_server.data_dir, "UPDATE users SET password_hash = ? WHERE username = 'dave'", (weak,))
     assert login(live_server, "dave").status_code == 200
-    ((stored,),) = sql(live_server.data_dir, "SELECT password_hash FROM users WHERE username = 'dave'")
+    ((stored,),) = sql(
+        live_server.data_dir, "SELECT password_hash FROM users WHERE username = 'dave'"
+    )
     assert stored != weak
     assert stored.startswith("$argon2id$")
     assert not PasswordHasher().check_needs_rehash(stored)
@@ -209,5 +230,7 @@ def test_login_body_validation(live_server: LiveServer) -> None:
         r = live_server.request("POST", "/api/auth/login", json=body)
         assert r.status_code in (400, 422), r.text
         assert_error(r, r.status_code)
-    r = live_server.request("POST", "/api/auth/login", json={"username": "a" * 10_000, "password": "x"})
+    r = live_server.request(
+        "POST", "/api/auth/login", json={"username": "a" * 10_000, "password": "x"}
+    )
     assert_error(r, 422, "username")

@@ -145,7 +145,9 @@ def test_forged_tokens_are_rejected(live_server: LiveServer, forge: Forge) -> No
     # a forged access token cannot enroll devices either (header or prototype body form)
     r = live_server.request("POST", "/api/monitor/register", forged, json={"deviceName": "x"})
     assert_error(r, 401)
-    r = live_server.request("POST", "/api/monitor/register", json={"deviceName": "x", "token": forged})
+    r = live_server.request(
+        "POST", "/api/monitor/register", json={"deviceName": "x", "token": forged}
+    )
     assert_error(r, 401)
 
 
@@ -160,12 +162,16 @@ def test_role_claim_grants_nothing(live_server: LiveServer) -> None:
 def test_token_of_a_disabled_user_stops_working_at_once(live_server: LiveServer) -> None:
     token = live_server.user_token("mallory")
     user_id = live_server.request("GET", "/api/auth/me", token).json()["id"]
-    r = live_server.request("PATCH", f"/api/users/{user_id}", live_server.admin_token, json={"disabled": True})
+    r = live_server.request(
+        "PATCH", f"/api/users/{user_id}", live_server.admin_token, json={"disabled": True}
+    )
     assert r.status_code == 200 and r.json()["disabled"] is True
     assert_error(live_server.request("GET", "/api/auth/me", token), 401)
     assert_error(live_server.request("POST", "/api/tokens", token, json={}), 401)
     # enabled again, the same token works again (it was never revoked, only refused)
-    live_server.request("PATCH", f"/api/users/{user_id}", live_server.admin_token, json={"disabled": False})
+    live_server.request(
+        "PATCH", f"/api/users/{user_id}", live_server.admin_token, json={"disabled": False}
+    )
     assert live_server.request("GET", "/api/auth/me", token).status_code == 200
 
 
