@@ -1,0 +1,166 @@
+"""The on-disk spool: reports waiting for the server, oldest first, bounded in bytes.
+
+Every report is written here before it is sent and removed once the server has it, so a
+crash, kill -9 or power cut loses nothing that was collected. One file per report, named
+`<seq>-<carried>.json.gz`: files are written under a temporary name, flushed and renamed,
+so a file with a final name is always complete. When the spool is full the oldest reports
+are dropped; each drop is counted and the count travels to the server in the next new
+report's `droppedReports` (`carried` in its file name), so the sum of `droppedReports` over
+the reports a server stored is the number of reports it never got.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+_REPORT_NAME = re.compile(r"^(\d{20})-(\d+)\.json\.gz$")
+_TEMPORARY_SUFFIX = ".tmp"
+_PENDING_DROPS_FILE = "dropped"
+_SEQ_FILE = "seq"
+# seq survives restarts by reserving blocks on disk: one write per block, not per report.
+_SEQ_BLOCK = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class SpooledReport:
+    """One report waiting in the spool."""
+
+    seq: int
+    carried_drops: int
+    size: int
+    path: Path
+
+    def read(self) -> bytes:
+        """The gzip-compressed report JSON."""
+        return self.path.read_bytes()
+
+
+def _write_atomically(path: Path, data: bytes, *, sync: bool) -> None:
+    temporary = path.with_name(path.name + _TEMPORARY_SUFFIX)
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        if sync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temporary, path)
+
+
+def _read_int(path: Path) -> int:
+    try:
+        return max(0, int(path.read_bytes().strip() or b"0"))
+    except (OSError, ValueError):
+        return 0
+
+
+class Spool:
+    """Reports on disk, oldest first, bounded by max_bytes; drops the oldest when full."""
+
+    def __init__(self, directory: Path, max_bytes: int, *, sync: bool = True) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self._sync = sync
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._entries: deque[SpooledReport] = deque()
+        self.bytes = 0
+        self._load()
+        # Drops not yet reported: the next report spooled carries them (see `put`).
+        self.pending_drops = _read_int(directory / _PENDING_DROPS_FILE)
+        self.dropped_since_start = 0
+        self._seq_reserved = _read_int(directory / _SEQ_FILE)
+        newest = self._entries[-1].seq + 1 if self._entries else 0
+        self._next_seq = max(self._seq_reserved, newest)
+
+    def _load(self) -> None:
+        found: list[SpooledReport] = []
+        for entry in os.scandir(self.directory):
+            if entry.name.endswith(_TEMPORARY_SUFFIX):
+                # Left by a crash in the middle of a write: the report was never complete.
+                with contextlib.suppress(OSError):
+                    os.unlink(entry.path)
+                continue
+            match = _REPORT_NAME.match(entry.name)
+            if match is None:
+                continue
+            size = entry.stat().st_size
+            found.append(SpooledReport(int(match[1]), int(match[2]), size, Path(entry.path)))
+        found.sort(key=lambda report: report.seq)
+        self._entries.extend(found)
+        self.bytes = sum(report.size for report in found)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def next_seq(self) -> int:
+        """A sequence number larger than every earlier one, across restarts."""
+        seq = self._next_seq
+        self._next_seq += 1
+        if self._next_seq > self._seq_reserved:
+            self._seq_reserved = self._next_seq + _SEQ_BLOCK
+            _write_atomically(
+                self.directory / _SEQ_FILE, str(self._seq_reserved).encode(), sync=self._sync
+            )
+        return seq
+
+    def put(self, seq: int, body: bytes, carried_drops: int) -> int:
+        """Store one compressed report carrying `carried_drops`; returns how many were dropped."""
+        dropped = self._make_room(len(body))
+        path = self.directory / f"{seq:020d}-{carried_drops}.json.gz"
+        _write_atomically(path, body, sync=self._sync)
+        self._entries.append(SpooledReport(seq, carried_drops, len(body), path))
+        self.bytes += len(body)
+        if carried_drops:
+            # Written after the report: a crash in between counts these drops twice, never zero.
+            self.pending_drops = max(0, self.pending_drops - carried_drops)
+            self._save_pending_drops()
+        return dropped
+
+    def _make_room(self, incoming: int) -> int:
+        dropped = 0
+        while self._entries and self.bytes + incoming > self.max_bytes:
+            oldest = self._entries.popleft()
+            self.bytes -= oldest.size
+            # The dropped report's own count of earlier drops is lost with it: carry it on.
+            self.pending_drops += 1 + oldest.carried_drops
+            self._save_pending_drops()
+            with contextlib.suppress(FileNotFoundError):
+                oldest.path.unlink()
+            dropped += 1
+        self.dropped_since_start += dropped
+        return dropped
+
+    def _save_pending_drops(self) -> None:
+        _write_atomically(
+            self.directory / _PENDING_DROPS_FILE, str(self.pending_drops).encode(), sync=self._sync
+        )
+
+    def oldest(self) -> SpooledReport | None:
+        """The report to send next."""
+        return self._entries[0] if self._entries else None
+
+    def remove(self, report: SpooledReport) -> None:
+        """Forget a report the server has (or refused for good)."""
+        with contextlib.suppress(ValueError):
+            self._entries.remove(report)
+            self.bytes -= report.size
+        with contextlib.suppress(FileNotFoundError):
+            report.path.unlink()
+
+    def reject(self, report: SpooledReport) -> None:
+        """Drop a report the server refused for good; it counts as dropped."""
+        self.pending_drops += 1 + report.carried_drops
+        self._save_pending_drops()
+        self.dropped_since_start += 1
+        self.remove(report)
+
+    def reports(self) -> list[SpooledReport]:
+        """Every waiting report, oldest first."""
+        return list(self._entries)
