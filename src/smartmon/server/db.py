@@ -148,7 +148,8 @@ MIGRATIONS: list[str] = [
     ) WITHOUT ROWID;
     """,
     # 3: open connections in their own table clustered by device (a report touches a few
-    # pages, not one per connection), closed ones appended to a history table
+    # pages, not one per connection), closed ones appended to a history table; report ids
+    # (dedupe) clustered by device too, and a duplicate only counts within its own device
     """
     CREATE TABLE open_connections (
         device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
@@ -201,6 +202,18 @@ MIGRATIONS: list[str] = [
         packets_out, first_seen, last_seen, closed_at FROM connections
         WHERE closed_at IS NOT NULL ORDER BY closed_at;
     DROP TABLE connections;
+    CREATE TABLE report_ids (
+        device_id INTEGER NOT NULL REFERENCES devices(id) ON DELETE CASCADE,
+        report_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        collected_at REAL NOT NULL,
+        received_at REAL NOT NULL,
+        PRIMARY KEY (device_id, report_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX report_ids_age ON report_ids (received_at);
+    INSERT INTO report_ids SELECT device_id, report_id, seq, collected_at, received_at FROM reports;
+    DROP TABLE reports;
+    ALTER TABLE report_ids RENAME TO reports;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

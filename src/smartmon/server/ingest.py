@@ -120,14 +120,18 @@ class Ingest:
 
     def __init__(self, cached_devices: int = 4096) -> None:
         self._open: OrderedDict[int, dict[Key, wire.Connection]] = OrderedDict()
+        # (protocol, ip, port) of each cached device's known destinations: skip their upserts
+        self._destinations: dict[int, set[tuple[str, str, int]]] = {}
         self._cached_devices = cached_devices
 
     def forget(self, device_id: int | None = None) -> None:
         """Drop cached state (after a rollback, a deletion or a revocation)."""
         if device_id is None:
             self._open.clear()
+            self._destinations.clear()
         else:
             self._open.pop(device_id, None)
+            self._destinations.pop(device_id, None)
 
     def _open_connections(
         self, conn: sqlite3.Connection, device_id: int
@@ -150,8 +154,15 @@ class Ingest:
                 )  # fmt: skip
             loaded[c.key] = c
         self._open[device_id] = loaded
+        self._destinations[device_id] = {
+            (row[0], row[1], row[2])
+            for row in conn.execute(
+                "SELECT protocol, ip, port FROM destinations WHERE device_id = ?", (device_id,)
+            )
+        }
         while len(self._open) > self._cached_devices:
-            self._open.popitem(last=False)
+            evicted, _ = self._open.popitem(last=False)
+            self._destinations.pop(evicted, None)
         return loaded
 
     def apply(
@@ -159,7 +170,7 @@ class Ingest:
     ) -> list[Applied]:
         """Apply items in order inside the caller's transaction; one Applied per item."""
         reports = [i for i in items if isinstance(i, Incoming)]
-        stored = _stored_report_ids(conn, [i.report.report_id for i in reports])
+        stored = _stored_report_ids(conn, reports)
         devices = _device_rows(conn, {i.device_id for i in items})
         writes = _Writes()
         results: list[Applied] = []
@@ -173,15 +184,16 @@ class Ingest:
                 results.append(Applied(item.device_id, None, duplicate=True))
                 continue
             open_now = self._open_connections(conn, item.device_id)
+            known = self._destinations[item.device_id]
             if isinstance(item, LegacyIncoming):
-                results.append(self._legacy(item, device, open_now, writes))
+                results.append(self._legacy(item, device, open_now, known, writes))
                 continue
             report_id = item.report.report_id.lower()
-            if report_id in stored:
+            if (item.device_id, report_id) in stored:
                 results.append(Applied(item.device_id, report_id, duplicate=True))
                 continue
-            stored.add(report_id)
-            results.append(self._report(item, device, open_now, writes))
+            stored.add((item.device_id, report_id))
+            results.append(self._report(item, device, open_now, known, writes))
         _flush(conn, writes)
         return results
 
@@ -190,11 +202,12 @@ class Ingest:
         item: LegacyIncoming,
         device: dict[str, Any],
         open_now: dict[Key, wire.Connection],
+        known: set[tuple[str, str, int]],
         writes: _Writes,
     ) -> Applied:
         applied = Applied(item.device_id, None)
         now = item.received_at
-        _upsert_all(item.device_id, [item.connection], now, open_now, writes, applied)
+        _upsert_all(item.device_id, [item.connection], now, open_now, known, writes, applied)
         device.update(last_seen=now)
         _summarise(device, open_now)
         writes.devices[item.device_id] = device
@@ -206,6 +219,7 @@ class Ingest:
         item: Incoming,
         device: dict[str, Any],
         open_now: dict[Key, wire.Connection],
+        known: set[tuple[str, str, int]],
         writes: _Writes,
     ) -> Applied:
         report, now, device_id = item.report, item.received_at, item.device_id
@@ -214,7 +228,7 @@ class Ingest:
         writes.reports.append((applied.report_id, device_id, report.seq, collected, now))
         late = device["collected_at"] is not None and collected < device["collected_at"]
         if not late:
-            seen = _upsert_all(device_id, report.connections, now, open_now, writes, applied)
+            seen = _upsert_all(device_id, report.connections, now, open_now, known, writes, applied)
             finals = {c.key: c for c in report.closed}
             for key in [k for k in open_now if k not in seen]:
                 _close(
@@ -273,6 +287,7 @@ def _upsert_all(
     connections: list[wire.Connection],
     now: float,
     open_now: dict[Key, wire.Connection],
+    destinations: set[tuple[str, str, int]],
     writes: _Writes,
     applied: Applied,
 ) -> set[Key]:
@@ -281,16 +296,16 @@ def _upsert_all(
     for c in connections:
         key = (c.protocol, c.source_ip, c.source_port, c.dest_ip, c.dest_port)
         seen.add(key)
-        known = open_now.get(key)
-        if known is None:
+        previous = open_now.get(key)
+        if previous is None:
             open_now[key] = c
             writes.inserts.append(_row(device_id, c, now, now))
-            if _is_destination(c):
-                writes.new_destinations.append(
-                    (device_id, c.protocol, c.dest_ip, c.dest_port, now, now)
-                )
+            destination = (c.protocol, c.dest_ip, c.dest_port)
+            if destination not in destinations and _is_destination(c):
+                destinations.add(destination)
+                writes.new_destinations.append((device_id, *destination, now, now))
             applied.opened.append(c)
-        elif known != c:  # struct equality: state, process or a counter moved
+        elif previous != c:  # struct equality: state, process or a counter moved
             open_now[key] = c
             writes.updates.append(
                 (
@@ -402,13 +417,19 @@ def _summarise(device: dict[str, Any], open_now: dict[Key, wire.Connection]) -> 
     ).decode()
 
 
-def _stored_report_ids(conn: sqlite3.Connection, report_ids: list[str]) -> set[str]:
-    found: set[str] = set()
-    ids = [r.lower() for r in report_ids]
-    for start in range(0, len(ids), 500):
-        chunk = ids[start : start + 500]
-        sql = f"SELECT report_id FROM reports WHERE report_id IN ({', '.join('?' * len(chunk))})"
-        found.update(row[0] for row in conn.execute(sql, chunk))
+def _stored_report_ids(conn: sqlite3.Connection, items: list[Incoming]) -> set[tuple[int, str]]:
+    """Which (device, report id) pairs of these items are already stored."""
+    found: set[tuple[int, str]] = set()
+    pairs = [(i.device_id, i.report.report_id.lower()) for i in items]
+    for start in range(0, len(pairs), 400):
+        chunk = pairs[start : start + 400]
+        sql = (
+            "SELECT device_id, report_id FROM reports WHERE (device_id, report_id) IN"
+            f" (VALUES {', '.join('(?, ?)' * 1 for _ in chunk)})"
+        )
+        found.update(
+            (row[0], row[1]) for row in conn.execute(sql, [v for pair in chunk for v in pair])
+        )
     return found
 
 
