@@ -113,6 +113,7 @@ class Agent:
         collector: Collector | None = None,
         log: TextIO | None = None,
         out: TextIO | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
         self.settings = settings
         self._client = client
@@ -121,7 +122,8 @@ class Agent:
         self._out = out or sys.stdout
         self._keys = DeviceKeys(settings.state_dir)
         self._device: StoredDevice | None = None
-        self._backoff = Backoff()
+        once_cap = ONCE_BACKOFF_CAP_S if settings.once else None
+        self._backoff = backoff or (Backoff(cap=once_cap) if once_cap else Backoff())
         self._stopping = False
         self._interruptible = False
         self._next_send = 0.0
@@ -173,6 +175,11 @@ class Agent:
     def _run_forever(self, collector: Collector, client: Client, spool: Spool) -> None:
         interval = self.settings.interval_s
         info = agent_info(collector)
+        self._say(
+            f"reporting to {self.settings.server} as {self.settings.device_name!r} every "
+            f"{interval:g} s ({info.capabilities.collector} collector)",
+            NORMAL,
+        )
         next_collect = time.monotonic()
         while not self._stopping:
             now = time.monotonic()
@@ -191,7 +198,6 @@ class Agent:
             self._wait(wake - time.monotonic())
 
     def _run_once(self, collector: Collector, client: Client, spool: Spool) -> None:
-        self._backoff = Backoff(cap=ONCE_BACKOFF_CAP_S)
         self._collect_into_spool(collector, spool, agent_info(collector))
         for attempt in range(1, ONCE_ATTEMPTS + 1):
             self._drain(client, spool, until=float("inf"))
@@ -235,13 +241,14 @@ class Agent:
         """Send spooled reports oldest first until empty, a failure, or `until`."""
         enrolled_now = False
         while (entry := spool.oldest()) is not None:
-            if self._device is None:
-                if not self._enroll(client):
+            device = self._device
+            if device is None:
+                device = self._enroll(client)
+                if device is None:
                     return
                 enrolled_now = True
-            device_key = self._device.device_key if self._device is not None else ""
             with self._interruptible_section():
-                delivery = post_compressed(client, device_key, entry.read())
+                delivery = post_compressed(client, device.device_key, entry.read())
             if delivery.verdict == "sent":
                 spool.remove(entry)
                 self._sent += 1
@@ -253,7 +260,6 @@ class Agent:
                 return
             elif delivery.verdict == "auth":
                 self._key_rejected(delivery, enrolled_now)
-                enrolled_now = False
             else:
                 spool.reject(entry)
                 self._say(
@@ -288,7 +294,7 @@ class Agent:
         self._keys.forget(server)
         self._device = None
 
-    def _enroll(self, client: Client) -> bool:
+    def _enroll(self, client: Client) -> StoredDevice | None:
         token = self.settings.token
         assert token is not None  # _stored_device() exits when there is neither key nor token
         try:
@@ -296,7 +302,7 @@ class Agent:
                 device = enroll(client, token, self.settings.device_name)
         except ServerUnreachable as exc:
             self._retry_later(Delivery("retry", exc.reason))
-            return False
+            return None
         except ApiError as exc:
             if exc.status in (401, 403):
                 raise AgentExit(
@@ -313,7 +319,7 @@ class Agent:
                         status=exc.status,
                     )
                 )
-                return False
+                return None
             raise AgentExit(
                 ExitCode.REJECTED,
                 f"{self.settings.server} refused to enroll this device: {exc.detail}",
@@ -327,7 +333,7 @@ class Agent:
         self._say(
             f"enrolled as {device.device_name!r} (device {device.device_id}); key in {path}", NORMAL
         )
-        return True
+        return device
 
     # ---- setup --------------------------------------------------------------------------
 

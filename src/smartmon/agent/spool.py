@@ -22,8 +22,6 @@ _REPORT_NAME = re.compile(r"^(\d{20})-(\d+)\.json\.gz$")
 _TEMPORARY_SUFFIX = ".tmp"
 _PENDING_DROPS_FILE = "dropped"
 _SEQ_FILE = "seq"
-# seq survives restarts by reserving blocks on disk: one write per block, not per report.
-_SEQ_BLOCK = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +73,8 @@ class Spool:
         # Drops not yet reported: the next report spooled carries them (see `put`).
         self.pending_drops = _read_int(directory / _PENDING_DROPS_FILE)
         self.dropped_since_start = 0
-        self._seq_reserved = _read_int(directory / _SEQ_FILE)
         newest = self._entries[-1].seq + 1 if self._entries else 0
-        self._next_seq = max(self._seq_reserved, newest)
+        self._next_seq = max(_read_int(directory / _SEQ_FILE), newest)
 
     def _load(self) -> None:
         found: list[SpooledReport] = []
@@ -103,11 +100,8 @@ class Spool:
         """A sequence number larger than every earlier one, across restarts."""
         seq = self._next_seq
         self._next_seq += 1
-        if self._next_seq > self._seq_reserved:
-            self._seq_reserved = self._next_seq + _SEQ_BLOCK
-            _write_atomically(
-                self.directory / _SEQ_FILE, str(self._seq_reserved).encode(), sync=self._sync
-            )
+        # Kept on disk so seq has no gaps across restarts, which would look like lost reports.
+        _write_atomically(self.directory / _SEQ_FILE, str(self._next_seq).encode(), sync=False)
         return seq
 
     def put(self, seq: int, body: bytes, carried_drops: int) -> int:

@@ -1,0 +1,279 @@
+"""The agent loop against a fake server: enrollment, outages, spool, errors, output."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+from agent_fakes import FakeServer, ScriptedCollector, error_answer
+
+from smartmon.agent.delivery import Backoff
+from smartmon.agent.enroll import DeviceKeys, StoredDevice
+from smartmon.agent.run import QUIET, Agent, AgentExit, AgentSettings
+from smartmon.agent.spool import Spool
+from smartmon.client import Client
+from smartmon.exit_codes import ExitCode
+
+SERVER = "http://agent.test"
+
+
+def _settings(state_dir: Path, **changes: object) -> AgentSettings:
+    values: dict[str, object] = {
+        "server": SERVER,
+        "device_name": "meter-1",
+        "state_dir": state_dir,
+        "token": "smt_enroll",
+        "interval_s": 0.05,
+    }
+    values.update(changes)
+    return AgentSettings(**values)  # type: ignore[arg-type]
+
+
+def _run(
+    settings: AgentSettings,
+    server: FakeServer,
+    collector: ScriptedCollector | None = None,
+    log: io.StringIO | None = None,
+) -> Agent:
+    agent = Agent(
+        settings,
+        client=Client(SERVER, transport=server.transport()),
+        collector=collector or ScriptedCollector(),
+        log=log or io.StringIO(),
+        backoff=Backoff(base=0.01, cap=0.05),
+    )
+    try:
+        agent.run()
+    finally:
+        if agent._client is not None:
+            agent._client.close()
+    return agent
+
+
+def _spool(state_dir: Path) -> Spool:
+    from smartmon.agent.enroll import server_slug
+
+    return Spool(state_dir / "spool" / server_slug(SERVER), 64 << 20)
+
+
+def _stop_after(polls: int, agent_box: list[Agent]) -> ScriptedCollector:
+    def hook(count: int) -> None:
+        if count >= polls:
+            agent_box[0].stop()
+
+    return ScriptedCollector(hook)
+
+
+def test_first_run_enrolls_and_keeps_the_key_private(tmp_path: Path) -> None:
+    server = FakeServer()
+
+    _run(_settings(tmp_path, once=True), server)
+
+    key_file = DeviceKeys(tmp_path).path(SERVER)
+    assert key_file.parent == tmp_path and key_file.suffix == ".json"
+    assert os.stat(key_file).st_mode & 0o777 == 0o600
+    stored = json.loads(key_file.read_text())
+    assert stored["deviceKey"] in server.keys and stored["server"] == SERVER
+    assert server.seqs == [0]
+
+    # Later runs need no token.
+    _run(_settings(tmp_path, once=True, token=None), server)
+    assert server.seqs == [0, 1]
+    assert [path for _, path in server.attempts].count("/api/monitor/register") == 1
+
+
+def test_one_key_file_per_server(tmp_path: Path) -> None:
+    keys = DeviceKeys(tmp_path)
+    paths = {keys.path(url) for url in ("http://a:8000", "https://a:8000", "http://a:8001")}
+    assert len(paths) == 3
+    assert all(path.name.replace("-", "").replace(".", "").isalnum() for path in paths)
+
+
+def test_without_key_or_token_it_says_how_to_enroll(tmp_path: Path) -> None:
+    with pytest.raises(AgentExit) as stopped:
+        _run(_settings(tmp_path, once=True, token=None), FakeServer())
+
+    assert stopped.value.code == ExitCode.AUTH
+    assert "--token" in stopped.value.message
+
+
+def test_outage_then_every_report_arrives_once_in_order(tmp_path: Path) -> None:
+    server = FakeServer()
+    server.down = True
+    agent_box: list[Agent] = []
+
+    def hook(polls: int) -> None:
+        if polls == 8:
+            server.down = False  # the server comes back after several intervals
+        if polls == 16:
+            agent_box[0].stop()
+
+    agent = Agent(
+        _settings(tmp_path),
+        client=Client(SERVER, transport=server.transport()),
+        collector=ScriptedCollector(hook),
+        log=io.StringIO(),
+        backoff=Backoff(base=0.01, cap=0.05),
+    )
+    agent_box.append(agent)
+    agent.run()
+
+    waiting = [entry.seq for entry in _spool(tmp_path).reports()]
+    assert server.seqs == sorted(set(server.seqs))  # in order, none twice
+    assert server.seqs + waiting == list(range(16))  # nothing lost: sent or still spooled
+    assert len(server.seqs) >= 14
+
+
+def test_a_full_spool_reaches_the_server_as_dropped_reports(tmp_path: Path) -> None:
+    server = FakeServer()
+    server.down = True
+    agent_box: list[Agent] = []
+
+    def hook(polls: int) -> None:
+        if polls == 12:
+            server.down = False
+        if polls == 16:
+            agent_box[0].stop()
+
+    agent = Agent(
+        _settings(tmp_path, spool_max_bytes=2_500),
+        client=Client(SERVER, transport=server.transport()),
+        collector=ScriptedCollector(hook),
+        log=io.StringIO(),
+        backoff=Backoff(base=0.01, cap=0.05),
+    )
+    agent_box.append(agent)
+    agent.run()
+
+    spool = _spool(tmp_path)
+    waiting = [entry.seq for entry in spool.reports()]
+    lost = 16 - len(server.seqs) - len(waiting)
+    assert lost > 0
+    reported = sum(report.dropped_reports for report in server.stored)
+    still_to_report = sum(entry.carried_drops for entry in spool.reports()) + spool.pending_drops
+    assert reported + still_to_report == lost
+    assert reported > 0
+
+
+def test_revoked_key_without_token_exits_with_auth_and_keeps_the_report(tmp_path: Path) -> None:
+    DeviceKeys(tmp_path).save(StoredDevice(SERVER, 1, "smd_revoked", "meter-1"))
+
+    with pytest.raises(AgentExit) as stopped:
+        _run(_settings(tmp_path, once=True, token=None), FakeServer())
+
+    assert stopped.value.code == ExitCode.AUTH
+    assert "revoked" in stopped.value.message
+    assert len(_spool(tmp_path)) == 1
+
+
+def test_revoked_key_with_token_enrolls_again(tmp_path: Path) -> None:
+    DeviceKeys(tmp_path).save(StoredDevice(SERVER, 1, "smd_revoked", "meter-1"))
+    server = FakeServer()
+
+    _run(_settings(tmp_path, once=True), server)
+
+    assert server.seqs == [0]
+    saved = DeviceKeys(tmp_path).load(SERVER)
+    assert saved is not None and saved.device_key in server.keys
+
+
+def test_a_rejected_token_exits_with_auth(tmp_path: Path) -> None:
+    with pytest.raises(AgentExit) as stopped:
+        _run(_settings(tmp_path, once=True, token="smt_wrong"), FakeServer())
+
+    assert stopped.value.code == ExitCode.AUTH
+    assert "enrollment token" in stopped.value.message
+
+
+def test_once_while_unreachable_exits_3_then_delivers_both_in_order(tmp_path: Path) -> None:
+    server = FakeServer()
+    server.down = True
+
+    with pytest.raises(AgentExit) as stopped:
+        _run(_settings(tmp_path, once=True), server)
+    assert stopped.value.code == ExitCode.UNREACHABLE
+    assert "kept in the spool" in stopped.value.message
+    assert len(_spool(tmp_path)) == 1
+
+    server.down = False
+    _run(_settings(tmp_path, once=True), server)
+    assert server.seqs == [0, 1]
+
+
+def test_server_errors_are_retried_and_retry_after_is_honoured(tmp_path: Path) -> None:
+    server = FakeServer()
+    _run(_settings(tmp_path, once=True), server)  # enrolled
+    server.attempts.clear()
+    server.answers = [error_answer(503), error_answer(429, retry_after="0.3")]
+
+    _run(_settings(tmp_path, once=True), server)
+
+    times = [at for at, _ in server.attempts]
+    assert len(times) == 3 and server.seqs == [0, 1]
+    assert times[2] - times[1] >= 0.3
+
+
+def test_a_refused_report_is_dropped_counted_and_not_retried(tmp_path: Path) -> None:
+    server = FakeServer()
+    _run(_settings(tmp_path, once=True), server)
+    server.answers = [error_answer(422, "bad report")]
+    log = io.StringIO()
+
+    _run(_settings(tmp_path, once=True), server, log=log)
+    _run(_settings(tmp_path, once=True), server)
+
+    assert server.seqs == [0, 2]
+    assert server.stored[-1].dropped_reports == 1
+    assert "refused report 1" in log.getvalue()
+
+
+def test_dry_run_prints_the_report_and_touches_nothing(tmp_path: Path) -> None:
+    server = FakeServer()
+    out = io.StringIO()
+    state_dir = tmp_path / "state"
+
+    Agent(
+        _settings(state_dir, dry_run=True, token=None),
+        client=Client(SERVER, transport=server.transport()),
+        collector=ScriptedCollector(),
+        out=out,
+    ).run()
+
+    report = json.loads(out.getvalue())
+    assert report["connections"][0]["destPort"] == 443
+    assert report["agent"]["capabilities"]["collector"] == "netlink"
+    assert server.attempts == [] and not state_dir.exists()
+
+
+def test_one_line_per_cycle_and_none_when_quiet(tmp_path: Path) -> None:
+    agent_box: list[Agent] = []
+    log = io.StringIO()
+    agent = Agent(
+        _settings(tmp_path / "a"),
+        client=Client(SERVER, transport=FakeServer().transport()),
+        collector=_stop_after(4, agent_box),
+        log=log,
+    )
+    agent_box.append(agent)
+    agent.run()
+
+    # The fourth cycle is cut short by the stop: its report stays in the spool.
+    cycles = [line for line in log.getvalue().splitlines() if " collected " in line]
+    assert len(cycles) == 3
+    assert "stopped; 1 report(s) kept in the spool" in log.getvalue()
+    assert "collected 1 connections (0 closed), sent 1, spooled 0, dropped 0" in cycles[-1]
+
+    quiet_box: list[Agent] = []
+    quiet_log = io.StringIO()
+    quiet = Agent(
+        _settings(tmp_path / "b", verbosity=QUIET),
+        client=Client(SERVER, transport=FakeServer().transport()),
+        collector=_stop_after(3, quiet_box),
+        log=quiet_log,
+    )
+    quiet_box.append(quiet)
+    quiet.run()
+    assert quiet_log.getvalue() == ""
