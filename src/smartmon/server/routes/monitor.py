@@ -42,6 +42,9 @@ async def register_device(
     The same deviceName again (same user) keeps the device and its history, with a new key.
     The prototype's agents send {token, deviceName} with the login token in the body.
     """
+    name = data.device_name.strip()
+    if not name:
+        raise ApiError(422, "deviceName must not be blank", field="deviceName")
     header_token = bearer(request)
     token = header_token or data.token
     if not token:
@@ -62,7 +65,7 @@ async def register_device(
         device = store.enroll_device(
             conn,
             user_id,
-            data.device_name.strip(),
+            name,
             secret_hash(key),
             data.hostname,
             data.os,
