@@ -206,11 +206,12 @@ def revoke_enrollment_token(conn: sqlite3.Connection, user_id: int, token_id: in
 
 
 def enrollment_token_owner(conn: sqlite3.Connection, token_hash: bytes) -> int | None:
-    """The user of an active enrollment token (and mark it used), else None."""
+    """The (enabled) user of an active enrollment token (and mark it used), else None."""
     now = time.time()
     row = conn.execute(
-        "SELECT id, user_id FROM enrollment_tokens WHERE token_hash = ? AND revoked_at IS NULL"
-        " AND (expires_at IS NULL OR expires_at > ?)",
+        "SELECT t.id, t.user_id FROM enrollment_tokens t JOIN users u ON u.id = t.user_id"
+        " WHERE t.token_hash = ? AND t.revoked_at IS NULL"
+        " AND (t.expires_at IS NULL OR t.expires_at > ?) AND NOT u.disabled",
         (token_hash, now),
     ).fetchone()
     if row is None:
