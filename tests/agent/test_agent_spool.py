@@ -12,7 +12,7 @@ def _fill(spool: Spool, count: int, size: int = 100) -> list[int]:
     seqs = []
     for _ in range(count):
         seq = spool.next_seq()
-        spool.put(seq, bytes([seq % 256]) * size, spool.pending_drops)
+        spool.put(seq, bytes([seq % 256]) * size)
         seqs.append(seq)
     return seqs
 
@@ -35,7 +35,7 @@ def test_reports_come_back_oldest_first(tmp_path: Path) -> None:
 def test_a_new_spool_on_the_same_directory_finds_everything(tmp_path: Path) -> None:
     first = Spool(tmp_path, max_bytes=10_000)
     seqs = _fill(first, 3)
-    (tmp_path / f"{99:020d}-0.json.gz.tmp").write_bytes(b"half a report")
+    (tmp_path / f"{99:020d}.json.gz.tmp").write_bytes(b"half a report")
 
     again = Spool(tmp_path, max_bytes=10_000)
 
@@ -62,35 +62,27 @@ def test_full_spool_drops_oldest_and_counts_the_drops(tmp_path: Path) -> None:
 
     seqs = _fill(spool, 15)
 
-    kept = [entry.seq for entry in spool.reports()]
-    assert kept == seqs[5:]
+    assert [entry.seq for entry in spool.reports()] == seqs[5:]
     assert spool.bytes <= 1_000
-    assert spool.dropped_since_start == 5
-    # Every drop reaches the server in some report's droppedReports: the reports still in the
-    # spool carry them, or the next one will.
-    carried = sum(entry.carried_drops for entry in spool.reports())
-    assert carried + spool.pending_drops == 5
-
-
-def test_drops_carried_by_a_dropped_report_are_carried_on(tmp_path: Path) -> None:
-    spool = Spool(tmp_path, max_bytes=250)
-    # Each put of 100 bytes into 250 bytes drops one report once two are stored; the drops
-    # ride on reports that are themselves dropped later.
-    _fill(spool, 20)
-
-    carried = sum(entry.carried_drops for entry in spool.reports())
-    assert carried + spool.pending_drops == spool.dropped_since_start == 18
+    assert spool.dropped == spool.dropped_since_start == 5
 
 
 def test_drop_count_survives_a_restart(tmp_path: Path) -> None:
-    spool = Spool(tmp_path, max_bytes=300)
-    _fill(spool, 5)
-    pending, carried = spool.pending_drops, [e.carried_drops for e in spool.reports()]
+    _fill(Spool(tmp_path, max_bytes=300), 5)
 
     again = Spool(tmp_path, max_bytes=300)
+    _fill(again, 1)
 
-    assert again.pending_drops == pending
-    assert [e.carried_drops for e in again.reports()] == carried
+    assert again.dropped == 3 and again.dropped_since_start == 1
+
+
+def test_a_report_larger_than_the_bound_is_still_kept(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_bytes=50)
+    _fill(spool, 2, size=100)
+
+    # The newest report is never dropped for itself: the spool always holds the latest.
+    assert [entry.seq for entry in spool.reports()] == [1]
+    assert spool.dropped == 1
 
 
 def test_a_refused_report_counts_as_dropped(tmp_path: Path) -> None:
@@ -101,8 +93,8 @@ def test_a_refused_report_counts_as_dropped(tmp_path: Path) -> None:
 
     spool.reject(entry)
 
-    assert len(spool) == 1 and spool.pending_drops == 1
-    assert spool.dropped_since_start == 1
+    assert len(spool) == 1
+    assert spool.dropped == spool.dropped_since_start == 1
 
 
 def test_files_are_private(tmp_path: Path) -> None:

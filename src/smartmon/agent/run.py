@@ -216,16 +216,15 @@ class Agent:
     # ---- collect ------------------------------------------------------------------------
 
     def _collect_into_spool(self, collector: Collector, spool: Spool, info: wire.AgentInfo) -> int:
-        carried = spool.pending_drops
         report = build_report(
             collector,
             seq=spool.next_seq(),
             interval_s=self.settings.interval_s,
-            dropped_reports=carried,
+            dropped_reports=spool.dropped,
             agent=info,
         )
         body = compress(report)
-        dropped = spool.put(report.seq, body, carried)
+        dropped = spool.put(report.seq, body)
         if dropped:
             self._say(
                 f"spool full ({self.settings.spool_max_bytes} bytes): dropped the "

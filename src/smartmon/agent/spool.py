@@ -2,11 +2,10 @@
 
 Every report is written here before it is sent and removed once the server has it, so a
 crash, kill -9 or power cut loses nothing that was collected. One file per report, named
-`<seq>-<carried>.json.gz`: files are written under a temporary name, flushed and renamed,
-so a file with a final name is always complete. When the spool is full the oldest reports
-are dropped; each drop is counted and the count travels to the server in the next new
-report's `droppedReports` (`carried` in its file name), so the sum of `droppedReports` over
-the reports a server stored is the number of reports it never got.
+`<seq>.json.gz`: files are written under a temporary name, flushed and renamed, so a file
+with a final name is always complete. When the spool is full the oldest reports are
+dropped and counted; every new report carries the running total in `droppedReports`, so
+the newest report a server has tells it how many it will never get.
 """
 
 from __future__ import annotations
@@ -18,9 +17,9 @@ from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 
-_REPORT_NAME = re.compile(r"^(\d{20})-(\d+)\.json\.gz$")
+_REPORT_NAME = re.compile(r"^(\d{20})\.json\.gz$")
 _TEMPORARY_SUFFIX = ".tmp"
-_PENDING_DROPS_FILE = "dropped"
+_DROPPED_FILE = "dropped"
 _SEQ_FILE = "seq"
 
 
@@ -29,7 +28,6 @@ class SpooledReport:
     """One report waiting in the spool."""
 
     seq: int
-    carried_drops: int
     size: int
     path: Path
 
@@ -70,8 +68,7 @@ class Spool:
         self._entries: deque[SpooledReport] = deque()
         self.bytes = 0
         self._load()
-        # Drops not yet reported: the next report spooled carries them (see `put`).
-        self.pending_drops = _read_int(directory / _PENDING_DROPS_FILE)
+        self.dropped = _read_int(directory / _DROPPED_FILE)
         self.dropped_since_start = 0
         newest = self._entries[-1].seq + 1 if self._entries else 0
         self._next_seq = max(_read_int(directory / _SEQ_FILE), newest)
@@ -88,7 +85,7 @@ class Spool:
             if match is None:
                 continue
             size = entry.stat().st_size
-            found.append(SpooledReport(int(match[1]), int(match[2]), size, Path(entry.path)))
+            found.append(SpooledReport(int(match[1]), size, Path(entry.path)))
         found.sort(key=lambda report: report.seq)
         self._entries.extend(found)
         self.bytes = sum(report.size for report in found)
@@ -104,17 +101,13 @@ class Spool:
         _write_atomically(self.directory / _SEQ_FILE, str(self._next_seq).encode(), sync=False)
         return seq
 
-    def put(self, seq: int, body: bytes, carried_drops: int) -> int:
-        """Store one compressed report carrying `carried_drops`; returns how many were dropped."""
+    def put(self, seq: int, body: bytes) -> int:
+        """Store one compressed report; returns how many old ones were dropped for room."""
         dropped = self._make_room(len(body))
-        path = self.directory / f"{seq:020d}-{carried_drops}.json.gz"
+        path = self.directory / f"{seq:020d}.json.gz"
         _write_atomically(path, body, sync=self._sync)
-        self._entries.append(SpooledReport(seq, carried_drops, len(body), path))
+        self._entries.append(SpooledReport(seq, len(body), path))
         self.bytes += len(body)
-        if carried_drops:
-            # Written after the report: a crash in between counts these drops twice, never zero.
-            self.pending_drops = max(0, self.pending_drops - carried_drops)
-            self._save_pending_drops()
         return dropped
 
     def _make_room(self, incoming: int) -> int:
@@ -122,18 +115,19 @@ class Spool:
         while self._entries and self.bytes + incoming > self.max_bytes:
             oldest = self._entries.popleft()
             self.bytes -= oldest.size
-            # The dropped report's own count of earlier drops is lost with it: carry it on.
-            self.pending_drops += 1 + oldest.carried_drops
-            self._save_pending_drops()
+            self._count_drop()
             with contextlib.suppress(FileNotFoundError):
                 oldest.path.unlink()
             dropped += 1
-        self.dropped_since_start += dropped
         return dropped
 
-    def _save_pending_drops(self) -> None:
+    def _count_drop(self) -> None:
+        # Counted before the file goes: a crash in between counts a drop that did not happen
+        # rather than hiding one that did.
+        self.dropped += 1
+        self.dropped_since_start += 1
         _write_atomically(
-            self.directory / _PENDING_DROPS_FILE, str(self.pending_drops).encode(), sync=self._sync
+            self.directory / _DROPPED_FILE, str(self.dropped).encode(), sync=self._sync
         )
 
     def oldest(self) -> SpooledReport | None:
@@ -150,9 +144,7 @@ class Spool:
 
     def reject(self, report: SpooledReport) -> None:
         """Drop a report the server refused for good; it counts as dropped."""
-        self.pending_drops += 1 + report.carried_drops
-        self._save_pending_drops()
-        self.dropped_since_start += 1
+        self._count_drop()
         self.remove(report)
 
     def reports(self) -> list[SpooledReport]:
