@@ -142,11 +142,25 @@ class SmartmonApp(App[None]):
 
         self.workers.cancel_group(self, "feed")
         username = self.session.username if self.session else None
+        if self.session is not None:
+            self._close_session(self.session, self.feed)
         self.session = self.feed = None
         self.sub_title = ""
         while len(self.screen_stack) > 2:
             self.pop_screen()
         self.switch_screen(LoginScreen(self.server, message=message, username=username))
+
+    @work(group="close-session", exit_on_error=False)
+    async def _close_session(self, session: Session, feed: Feed | None) -> None:
+        if feed is not None:
+            await feed.aclose()
+        await session.client.aclose()
+
+    async def on_unmount(self) -> None:
+        if self.feed is not None:
+            await self.feed.aclose()
+        if self.session is not None:
+            await self.session.client.aclose()
 
     def on_login_screen_logged_in(self, message: Any) -> None:
         self.start_session(message.login)
@@ -240,8 +254,9 @@ class SmartmonApp(App[None]):
 
     @work(group="logout", exit_on_error=False)
     async def _logout_on_server(self, session: Session) -> None:
-        with contextlib.suppress(ClientError):  # the token is forgotten here either way
-            await session.client.send(AsyncClient.logout(session.token))
+        async with AsyncClient(session.server, transport=self.transport) as client:
+            with contextlib.suppress(ClientError):  # the token is forgotten here either way
+                await client.send(AsyncClient.logout(session.token))
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         if isinstance(screen, HasCommands):

@@ -92,6 +92,7 @@ class Feed:
         self._ring: Callable[[], None] = lambda: None
         self._on_state: Callable[[FeedState], None] = lambda state: None
         self.user: api.UserOut | None = None
+        self._ws: ClientConnection | None = None
 
     # ---- the UI side ------------------------------------------------------------------------
 
@@ -105,6 +106,14 @@ class Feed:
         """Stream the connections of these devices (replaces the previous subscription)."""
         self._subscription = list(device_ids)
         self._subscription_changed.set()
+
+    async def aclose(self) -> None:
+        """Close the stream now (the worker running `run()` is cancelled separately)."""
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ws.close(), 2)
+            ws.transport.abort()  # never leave the socket to the garbage collector
 
     @property
     def polling(self) -> bool:
@@ -169,6 +178,7 @@ class Feed:
             max_size=MAX_MESSAGE_BYTES,
             user_agent_header="smartmon-tui",
         ) as ws:
+            self._ws = ws
             sender = asyncio.create_task(self._send_subscriptions(ws))
             try:
                 async for message in ws:
@@ -180,6 +190,7 @@ class Feed:
                         self._set_state(FeedState("live"))
                     self._push(event)
             finally:
+                self._ws = None
                 sender.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await sender

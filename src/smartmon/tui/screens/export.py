@@ -28,7 +28,8 @@ class ExportScreen(ModalScreen[ExportChoice | None]):
     """A file name (its extension picks the format) and a CSV/JSON switch."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("escape", "cancel", "Cancel", id="export.cancel")
+        Binding("escape", "cancel", "Cancel", id="export.cancel"),
+        Binding("enter", "export", "Export", id="export.ok", priority=True),
     ]
 
     def __init__(self, what: str, count: int, default_name: str) -> None:
@@ -78,7 +79,10 @@ class ExportScreen(ModalScreen[ExportChoice | None]):
     @on(Input.Submitted, "#export-path")
     @on(Button.Pressed, "#export-ok")
     def action_export(self) -> None:
-        """Close with the choice."""
+        """Close with the choice (enter anywhere in the dialog, except on Cancel)."""
+        if self.focused is not None and self.focused.id == "export-cancel":
+            self.dismiss(None)
+            return
         value = self.query_one("#export-path", Input).value.strip()
         if not value:
             self.query_one("#export-error", Static).update("Enter a file name.")

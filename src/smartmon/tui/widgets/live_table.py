@@ -475,7 +475,7 @@ class LiveTable(ScrollView, Generic[K, R], can_focus=True):
         self._fit_widths()
 
     def _fit_widths(self) -> None:
-        base = [c.width for c in self.columns]
+        base = [max(c.width, cell_len(c.label) + 2) for c in self.columns]
         self._fitted_width = max(self.scrollable_content_region.width, 1)
         spare = self._fitted_width - (sum(base) + len(base) - 1)
         shares = sum(c.flex for c in self.columns)
