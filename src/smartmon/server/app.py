@@ -102,10 +102,8 @@ def create_app(settings: ServerSettings) -> Litestar:
         dependencies={"server": Provide(server_state, sync_to_thread=False)},
         lifespan=[lifespan],
         exception_handlers={Exception: handle_exception},
-        middleware=[
-            security_headers,
-            DefineMiddleware(decompress_requests(settings.max_body_bytes)),
-        ],
+        middleware=[DefineMiddleware(decompress_requests(settings.max_body_bytes))],
+        before_send=[security_headers],
         cors_config=cors,
         request_max_body_size=settings.max_body_bytes,
         openapi_config=OpenAPIConfig(

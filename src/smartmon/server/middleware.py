@@ -6,7 +6,6 @@ import zlib
 from typing import Any
 
 import msgspec
-from litestar.types import ASGIApp
 
 from smartmon.server.errors import ErrorBody
 
@@ -24,25 +23,18 @@ API_ONLY_HEADERS = [
 ]
 
 
-def security_headers(app: ASGIApp) -> ASGIApp:
-    """Add security headers to every HTTP response, errors included."""
+def security_headers(message: Any, scope: Any) -> None:
+    """before_send hook: security headers on every HTTP response.
 
-    async def middleware(scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await app(scope, receive, send)
-            return
-        extra = SECURITY_HEADERS + (API_ONLY_HEADERS if scope["path"].startswith("/api") else [])
-
-        async def send_with_headers(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                present = {name.lower() for name, _ in message.get("headers", [])}
-                added = [(k, v) for k, v in extra if k not in present]
-                message = {**message, "headers": [*message.get("headers", []), *added]}
-            await send(message)
-
-        await app(scope, receive, send_with_headers)
-
-    return middleware
+    A hook rather than a middleware: Litestar runs hooks for everything it sends, including
+    the router's own 404/405 answers and CORS preflight refusals, which bypass middleware.
+    """
+    if message["type"] != "http.response.start":
+        return
+    extra = SECURITY_HEADERS + (API_ONLY_HEADERS if scope["path"].startswith("/api") else [])
+    headers = list(message.get("headers") or [])
+    present = {bytes(name).lower() for name, _ in headers}
+    message["headers"] = headers + [(k, v) for k, v in extra if k not in present]
 
 
 async def _reply(send: Any, status: int, body: ErrorBody) -> None:
