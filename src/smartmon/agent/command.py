@@ -26,7 +26,7 @@ class CollectorChoice(enum.StrEnum):
 
 
 def _fail(code: ExitCode, message: str) -> typer.Exit:
-    print(f"smartmon agent: {message}", file=sys.stderr, flush=True)
+    print(f"smartmon: {message}", file=sys.stderr, flush=True)
     return typer.Exit(int(code))
 
 
