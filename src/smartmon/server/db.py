@@ -222,15 +222,19 @@ SCHEMA_VERSION = len(MIGRATIONS)
 async def connect(path: Path, *, readonly: bool = False) -> aiosqlite.Connection:
     """Open one connection with the pragmas every connection needs."""
     conn = await aiosqlite.connect(path, isolation_level=None)
-    conn.row_factory = aiosqlite.Row
-    await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    await conn.execute("PRAGMA foreign_keys = ON")
-    if readonly:
-        await conn.execute("PRAGMA query_only = ON")
-    else:
-        await conn.execute("PRAGMA journal_mode = WAL")
-        await conn.execute("PRAGMA synchronous = NORMAL")
-        await conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: keep hot pages in memory
+    try:
+        conn.row_factory = aiosqlite.Row
+        await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        await conn.execute("PRAGMA foreign_keys = ON")
+        if readonly:
+            await conn.execute("PRAGMA query_only = ON")
+        else:
+            await conn.execute("PRAGMA journal_mode = WAL")
+            await conn.execute("PRAGMA synchronous = NORMAL")
+            await conn.execute("PRAGMA cache_size = -65536")  # 64 MiB: keep hot pages in memory
+    except BaseException:  # e.g. "file is not a database": its thread would keep the process alive
+        await conn.close()
+        raise
     return conn
 
 
