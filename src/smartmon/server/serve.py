@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import socket
+import sqlite3
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -11,7 +13,8 @@ from typing import Any
 import uvicorn
 
 from smartmon.server.app import create_app
-from smartmon.settings import ServerSettings
+from smartmon.server.db import Database
+from smartmon.settings import ServerSettings, SettingsError
 
 log = logging.getLogger("smartmon.server")
 
@@ -31,6 +34,22 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def check_database(settings: ServerSettings) -> None:
+    """Create or upgrade the database before serving: a bad file fails here, in one line.
+
+    (Inside the app's lifespan the same failure is a long traceback and uvicorn's exit 3.)
+    """
+
+    async def check() -> None:
+        db = await Database.open(settings.database_path)
+        await db.close()
+
+    try:
+        asyncio.run(check())
+    except (RuntimeError, sqlite3.DatabaseError, OSError) as exc:
+        raise SettingsError(f"cannot use the database {settings.database_path}: {exc}") from None
+
+
 def run(
     settings: ServerSettings, log_level: str = "info", extra_handlers: Sequence[Any] = ()
 ) -> None:
@@ -42,6 +61,7 @@ def run(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(settings)  # loads or creates the JWT secret: fails early on a bad one
+    check_database(settings)
     for handler in extra_handlers:
         app.register(handler)
     sock = bind(settings.host, settings.port)
