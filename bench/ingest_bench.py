@@ -30,6 +30,7 @@ import httpx
 
 from bench.bench_server import TRIVIAL_PATH
 from bench.loadgen import build_request, ratio, run_load, summary, table
+from bench.report import Figure, Section
 from smartmon import wire
 
 INGEST_PATH = "/api/monitor/connections"
@@ -69,10 +70,24 @@ class DeviceTraffic:
         self.source = f"10.{index // 65536 % 256}.{index // 256 % 256}.{index % 256}"
         self.seq = 0
         self.listening = [
-            wire.Connection(protocol="TCP", source_ip="0.0.0.0", source_port=p, dest_ip="0.0.0.0", dest_port=0, state="LISTEN")
+            wire.Connection(
+                protocol="TCP",
+                source_ip="0.0.0.0",
+                source_port=p,
+                dest_ip="0.0.0.0",
+                dest_port=0,
+                state="LISTEN",
+            )
             for p in (22, 80, 443, 1883, 8080)
         ] + [
-            wire.Connection(protocol="UDP", source_ip="0.0.0.0", source_port=p, dest_ip="0.0.0.0", dest_port=0, state="UNCONN")
+            wire.Connection(
+                protocol="UDP",
+                source_ip="0.0.0.0",
+                source_port=p,
+                dest_ip="0.0.0.0",
+                dest_port=0,
+                state="UNCONN",
+            )
             for p in (53, 123, 5353)
         ]
         self.established = [self._new_connection() for _ in range(42)]
@@ -128,7 +143,15 @@ class BenchServer:
         self.url = f"http://127.0.0.1:{self.port}"
         env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "bench.bench_server", "--port", str(self.port), "--data-dir", str(data_dir)],
+            [
+                sys.executable,
+                "-m",
+                "bench.bench_server",
+                "--port",
+                str(self.port),
+                "--data-dir",
+                str(data_dir),
+            ],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
@@ -158,9 +181,13 @@ class BenchServer:
 def enroll(url: str, devices: int) -> list[str]:
     """Register a user, create an enrollment token, enroll devices; their keys."""
     with httpx.Client(base_url=url, timeout=30) as http:
-        r = http.post("/api/auth/register", json={"username": "bench", "password": "bench-password"})
+        r = http.post(
+            "/api/auth/register", json={"username": "bench", "password": "bench-password"}
+        )
         token = r.json()["accessToken"]
-        r = http.post("/api/tokens", json={"name": "bench"}, headers={"authorization": f"Bearer {token}"})
+        r = http.post(
+            "/api/tokens", json={"name": "bench"}, headers={"authorization": f"Bearer {token}"}
+        )
         enrollment = r.json()["token"]
         keys = []
         for i in range(devices):
@@ -182,24 +209,60 @@ def run(plan: Plan) -> dict[str, Any]:
             keys = enroll(server.url, plan.devices)
             traffic = [DeviceTraffic(i, rng) for i in range(plan.devices)]
             headers = [
-                {"Authorization": f"Bearer {k}", "Content-Type": "application/json", "Content-Encoding": "gzip"}
+                {
+                    "Authorization": f"Bearer {k}",
+                    "Content-Type": "application/json",
+                    "Content-Encoding": "gzip",
+                }
                 for k in keys
             ]
-            warmup = [build_request(server.url, INGEST_PATH, t.next_body(), h) for t, h in zip(traffic, headers, strict=True)]
+            warmup = [
+                build_request(server.url, INGEST_PATH, t.next_body(), h)
+                for t, h in zip(traffic, headers, strict=True)
+            ]
             bodies = [traffic[i % plan.devices].next_body() for i in range(plan.requests)]
-            paced_bodies = [traffic[i % plan.devices].next_body() for i in range(plan.requests // 2)]
-            ingest = [build_request(server.url, INGEST_PATH, b, headers[i % plan.devices]) for i, b in enumerate(bodies)]
-            paced = [build_request(server.url, INGEST_PATH, b, headers[i % plan.devices]) for i, b in enumerate(paced_bodies)]
-            trivial = [build_request(server.url, TRIVIAL_PATH, b, headers[i % plan.devices]) for i, b in enumerate(bodies)]
+            paced_bodies = [
+                traffic[i % plan.devices].next_body() for i in range(plan.requests // 2)
+            ]
+            ingest = [
+                build_request(server.url, INGEST_PATH, b, headers[i % plan.devices])
+                for i, b in enumerate(bodies)
+            ]
+            paced = [
+                build_request(server.url, INGEST_PATH, b, headers[i % plan.devices])
+                for i, b in enumerate(paced_bodies)
+            ]
+            trivial = [
+                build_request(server.url, TRIVIAL_PATH, b, headers[i % plan.devices])
+                for i, b in enumerate(bodies)
+            ]
 
             async def scenario() -> dict[str, Any]:
-                await run_load(server.url, warmup.__getitem__, connections=plan.connections, total=len(warmup))
-                ceiling_a = await run_load(server.url, trivial.__getitem__, connections=plan.connections, total=len(trivial))
-                full = await run_load(server.url, ingest.__getitem__, connections=plan.connections, total=len(ingest))
-                ceiling_b = await run_load(server.url, trivial.__getitem__, connections=plan.connections, total=len(trivial))
+                await run_load(
+                    server.url, warmup.__getitem__, connections=plan.connections, total=len(warmup)
+                )
+                ceiling_a = await run_load(
+                    server.url,
+                    trivial.__getitem__,
+                    connections=plan.connections,
+                    total=len(trivial),
+                )
+                full = await run_load(
+                    server.url, ingest.__getitem__, connections=plan.connections, total=len(ingest)
+                )
+                ceiling_b = await run_load(
+                    server.url,
+                    trivial.__getitem__,
+                    connections=plan.connections,
+                    total=len(trivial),
+                )
                 half_rate = full.rate / 2
                 half = await run_load(
-                    server.url, paced.__getitem__, connections=plan.connections, total=len(paced), rate=half_rate
+                    server.url,
+                    paced.__getitem__,
+                    connections=plan.connections,
+                    total=len(paced),
+                    rate=half_rate,
                 )
                 ceiling_rate = (ceiling_a.rate + ceiling_b.rate) / 2
                 return {
@@ -214,7 +277,9 @@ def run(plan: Plan) -> dict[str, Any]:
                     "ratio": ratio(full.rate, ceiling_rate),
                     "connection_updates_per_s": round(full.rate * 50),
                     "half_load_p99_ms": round(half.percentile(99), 2),
-                    "errors": sum(n for r in (full, half) for s, n in r.statuses.items() if s != 200),
+                    "errors": sum(
+                        n for r in (full, half) for s, n in r.statuses.items() if s != 200
+                    ),
                 }
 
             return asyncio.run(scenario())
@@ -222,9 +287,57 @@ def run(plan: Plan) -> dict[str, Any]:
             server.stop()
 
 
+TARGET_RATIO = 0.5
+TARGET_P99_MS = 50.0
+
+
+def section(quick: bool) -> Section:
+    """The ingest benchmark as a section of docs/benchmarks.md."""
+    result = run(Plan.quick() if quick else Plan.full())
+    plan = Plan.quick() if quick else Plan.full()
+    details = (
+        f"{plan.devices} devices with their own keys, {plan.requests} gzip'd reports of 50"
+        f" connections each over {plan.connections} keep-alive connections (closed loop), then"
+        f" half of the measured ingest rate paced (open loop) for the latency figure. The"
+        f" baseline is a trivial POST endpoint of the same server process that parses the"
+        f" same bodies (`bench/bench_server.py`).\n\n" + table(result["rows"])
+    )
+    return Section(
+        title="Ingest",
+        command="python -m bench.ingest_bench" + (" --quick" if quick else ""),
+        figures=[
+            Figure(
+                "ingest throughput",
+                result["ingest_rate"],
+                "reports/s",
+                "trivial POST",
+                result["ceiling_rate"],
+                f">= {TARGET_RATIO} x ceiling",
+                result["ratio"] >= TARGET_RATIO,
+            ),
+            Figure(
+                "connection updates",
+                result["connection_updates_per_s"],
+                "/s",
+                target="(50 per report)",
+            ),
+            Figure(
+                "ingest p99 at half load",
+                result["half_load_p99_ms"],
+                "ms",
+                target=f"< {TARGET_P99_MS:.0f} ms",
+                ok=result["half_load_p99_ms"] < TARGET_P99_MS,
+            ),
+        ],
+        details=details,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes (seconds), as the test suite runs it")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes (seconds), as the test suite runs it"
+    )
     args = parser.parse_args()
     plan = Plan.quick() if args.quick else Plan.full()
     result = run(plan)

@@ -6,7 +6,7 @@ its connection. Rows come back as plain dicts or schema Structs.
 
 from __future__ import annotations
 
-import json
+import functools
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -319,11 +319,18 @@ def online(last_seen: float | None, interval_s: float, now: float) -> bool:
     return last_seen is not None and now - last_seen <= max(3 * interval_s, ONLINE_MIN_S)
 
 
+_decode_names = msgspec.json.Decoder(list[str]).decode
+
+
+@functools.lru_cache(maxsize=256)
+def _capabilities(text: str) -> Capabilities:
+    # most devices of a fleet share an agent build, so the same few texts repeat
+    return msgspec.json.decode(text, type=Capabilities)
+
+
 def device_out(row: aiosqlite.Row | dict[str, Any], now: float) -> api.Device:
     """A devices row (joined with its owner's name) as the API shows it."""
-    capabilities = (
-        msgspec.json.decode(row["capabilities"], type=Capabilities) if row["capabilities"] else None
-    )
+    capabilities = _capabilities(row["capabilities"]) if row["capabilities"] else None
     is_online = online(row["last_seen"], row["interval_s"], now)
     return api.Device(
         id=row["id"],
@@ -331,8 +338,8 @@ def device_out(row: aiosqlite.Row | dict[str, Any], now: float) -> api.Device:
         username=row["username"],
         status="online" if is_online else "offline",
         connection_count=row["connection_count"],
-        protocols=json.loads(row["protocols"]),
-        unique_ips=json.loads(row["unique_ips"]),
+        protocols=_decode_names(row["protocols"]),
+        unique_ips=_decode_names(row["unique_ips"]),
         last_seen=api.timestamp(row["last_seen"]),
         registered_at=api.timestamp(row["registered_at"]),
         collected_at=api.timestamp(row["collected_at"]),
