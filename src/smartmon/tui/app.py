@@ -140,8 +140,10 @@ class SmartmonApp(App[None]):
         """Back to the login screen (the token expired or was revoked)."""
         from smartmon.tui.screens.login import LoginScreen
 
+        if self.session is None:
+            return  # already ended (the stream and a REST call can both notice)
         self.workers.cancel_group(self, "feed")
-        username = self.session.username if self.session else None
+        username = self.session.username
         if self.session is not None:
             self._close_session(self.session, self.feed)
         self.session = self.feed = None

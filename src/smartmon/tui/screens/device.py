@@ -54,6 +54,7 @@ ConnTable = LiveTable[ConnKey, ConnRow]
 DestTable = LiveTable[DestKey, api.Destination]
 
 TRAFFIC_WINDOW_S = 3600.0
+DESTINATIONS_REFRESH_S = 5.0  # while the Destinations tab shows and connections change
 CONNECTION_LIMIT = 10_000
 HISTORY_LIMIT = 1000
 PROTOCOLS = ("TCP", "UDP")
@@ -85,6 +86,8 @@ class DeviceScreen(Screen[None]):
         self.filters = ConnFilter()
         self.loaded = False
         self.history_loaded = False
+        self.destinations_stale = False
+        self.destinations_loaded_at = 0.0
         # (time, bytes in, bytes out) per report over the last hour
         self.traffic: deque[tuple[float, int | None, int | None]] = deque()
 
@@ -165,6 +168,12 @@ class DeviceScreen(Screen[None]):
             self.smartmon.feed.subscribe([])
 
     def _tick(self) -> None:
+        if (
+            self.destinations_stale
+            and self._active_tab() == "tab-destinations"
+            and time.monotonic() - self.destinations_loaded_at > DESTINATIONS_REFRESH_S
+        ):
+            self.load_destinations()
         self._show_header()
         self._visible_table().refresh_visible()
 
@@ -185,7 +194,7 @@ class DeviceScreen(Screen[None]):
         detail = msgspec.convert(await session.client.send(call), api.DeviceDetailResponse).data
         self.device = api.Device(**{f: getattr(detail, f) for f in api.Device.__struct_fields__})
         self._apply_snapshot(detail.connections)
-        self.destinations.replace_all(detail.destinations)
+        self._show_destinations(detail.destinations)
         self.traffic = deque((s.t.timestamp(), s.bytes_in, s.bytes_out) for s in detail.traffic)
         self.loaded = True
         self._show_header()
@@ -193,6 +202,23 @@ class DeviceScreen(Screen[None]):
         self._show_count()
         if self.history_loaded or self._active_tab() == "tab-history":
             self.load_history()
+
+    def _show_destinations(self, destinations: list[api.Destination]) -> None:
+        self.destinations.replace_all(destinations)
+        self.destinations_stale = False
+        self.destinations_loaded_at = time.monotonic()
+
+    @work(exclusive=True, group="device-destinations")
+    async def load_destinations(self) -> None:
+        """Reload the destinations (they change with every connection event)."""
+        session = self.smartmon.session
+        if session is None:
+            return
+        self.destinations_loaded_at = time.monotonic()
+        call = AsyncClient.device(session.token, self.device.id, {"limit": 1})
+        detail = msgspec.convert(await session.client.send(call), api.DeviceDetailResponse).data
+        self._show_destinations(detail.destinations)
+        self._show_count()
 
     @work(exclusive=True, group="device-history")
     async def load_history(self) -> None:
@@ -250,6 +276,7 @@ class DeviceScreen(Screen[None]):
 
     def _apply_connections(self, event: api.ConnectionsEvent) -> None:
         table = self.connections
+        self.destinations_stale = True
         for conn in event.opened:
             table.upsert(merge(table.get(conn_key(conn)), conn), mark="new")
         for conn in event.changed:
@@ -381,6 +408,8 @@ class DeviceScreen(Screen[None]):
     def _tab_changed(self) -> None:
         if self._active_tab() == "tab-history" and not self.history_loaded:
             self.load_history()
+        if self._active_tab() == "tab-destinations" and self.destinations_stale:
+            self.load_destinations()
         self._visible_table().focus()
         self._show_count()
 
