@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 import sqlite3
 import sys
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -32,6 +34,19 @@ def bind(host: str, port: int) -> socket.socket:
         raise
     sock.set_inheritable(True)
     return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGINT/SIGTERM after its graceful shutdown (exit 130/-15): not here.
+
+    A clean stop on a signal is a successful run, so `smartmon serve` exits 0.
+    """
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.should_exit and sig == signal.SIGINT:
+            self.force_exit = True  # a second Ctrl+C: stop waiting for in-flight requests
+        else:
+            self.should_exit = True
 
 
 def check_database(settings: ServerSettings) -> None:
@@ -61,10 +76,14 @@ def run(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     app = create_app(settings)  # loads or creates the JWT secret: fails early on a bad one
-    check_database(settings)
     for handler in extra_handlers:
         app.register(handler)
     sock = bind(settings.host, settings.port)
+    try:
+        check_database(settings)
+    except BaseException:
+        sock.close()
+        raise
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(
@@ -81,7 +100,7 @@ def run(
         proxy_headers=False,
         ws_max_size=1 << 20,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     try:
         server.run(sockets=[sock])
     finally:
