@@ -154,6 +154,20 @@ def serve(
             help="Access token lifetime in hours.",
         ),
     ] = 12.0,
+    samples_hours: Annotated[
+        float,
+        typer.Option(
+            envvar="SMARTMON_SAMPLES_HOURS",
+            min=1,
+            help="Keep traffic samples and report ids this long.",
+        ),
+    ] = 48.0,
+    history_days: Annotated[
+        float,
+        typer.Option(
+            envvar="SMARTMON_HISTORY_DAYS", min=0.01, help="Keep closed connections this long."
+        ),
+    ] = 7.0,
     log_level: Annotated[
         str, typer.Option(envvar="SMARTMON_LOG_LEVEL", help="debug, info, warning or error.")
     ] = "info",
@@ -171,6 +185,8 @@ def serve(
         cors_origins=tuple(cors_origin or ()),
         jwt_secret=jwt_secret_from_env(),
         access_token_hours=token_hours,
+        samples_hours=samples_hours,
+        history_days=history_days,
     )
     try:
         run(settings, log_level=log_level.lower())

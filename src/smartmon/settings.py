@@ -73,7 +73,8 @@ class ServerSettings:
     max_body_bytes: int = 10 * 1024 * 1024
     login_attempts: int = 10
     login_window_s: float = 15 * 60
-    retention_days: float = 7.0
+    samples_hours: float = 48.0  # traffic samples and report ids (dedupe window)
+    history_days: float = 7.0  # closed connections
 
     @property
     def database_path(self) -> Path:

@@ -41,10 +41,18 @@ async def health() -> dict[str, str]:
 
 
 async def _prune_forever(server: ServerState) -> None:
+    settings = server.settings
     while True:
-        before = time.time() - server.settings.retention_days * 86400
+        now = time.time()
+        samples_before = now - settings.samples_hours * 3600
+        history_before = now - settings.history_days * 86400
+        chunk = functools.partial(
+            store.prune, samples_before=samples_before, history_before=history_before
+        )
         try:
-            await server.db.write(functools.partial(store.prune, before=before))
+            deleted = await server.db.write(chunk)
+            while deleted:  # one chunk per write job: queued ingest runs in between
+                deleted = await server.db.write(chunk)
         except Exception as exc:  # keep serving; try again next round
             log.warning("pruning old history failed: %s", exc)
         await asyncio.sleep(PRUNE_EVERY_S)

@@ -214,6 +214,7 @@ MIGRATIONS: list[str] = [
     INSERT INTO report_ids SELECT device_id, report_id, seq, collected_at, received_at FROM reports;
     DROP TABLE reports;
     ALTER TABLE report_ids RENAME TO reports;
+    CREATE INDEX traffic_age ON traffic (t);
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -298,13 +298,37 @@ async def legacy_device(db: Database, token_hash: bytes) -> int | None:
     return int(row[0]) if row else None
 
 
-def prune(conn: sqlite3.Connection, before: float) -> None:
-    """Forget history older than the retention horizon (dedupe ids, samples, closed rows)."""
-    conn.execute("DELETE FROM reports WHERE received_at < ?", (before,))
-    conn.execute("DELETE FROM traffic WHERE t < ?", (before,))
-    conn.execute("DELETE FROM closed_connections WHERE closed_at < ?", (before,))
-    conn.execute("DELETE FROM revoked_tokens WHERE expires_at < ?", (time.time(),))
-    conn.execute("DELETE FROM legacy_sessions WHERE expires_at < ?", (time.time(),))
+PRUNE_CHUNK = 5000
+
+
+def prune(conn: sqlite3.Connection, samples_before: float, history_before: float) -> int:
+    """Delete one chunk of expired rows per table; how many went (0: nothing left).
+
+    Small chunks, each its own write job, so ingest never waits behind a big delete.
+    Report ids (dedupe) and traffic samples go first; closed-connection history lasts longer.
+    """
+    deleted = 0
+    for sql, param in (
+        (
+            "DELETE FROM reports WHERE (device_id, report_id) IN (SELECT device_id, report_id"
+            " FROM reports WHERE received_at < ? LIMIT ?)",
+            samples_before,
+        ),
+        (
+            "DELETE FROM traffic WHERE id IN (SELECT id FROM traffic WHERE t < ? LIMIT ?)",
+            samples_before,
+        ),
+        (
+            "DELETE FROM closed_connections WHERE id IN (SELECT id FROM closed_connections"
+            " WHERE closed_at < ? LIMIT ?)",
+            history_before,
+        ),
+    ):
+        deleted += conn.execute(sql, (param, PRUNE_CHUNK)).rowcount
+    now = time.time()
+    deleted += conn.execute("DELETE FROM revoked_tokens WHERE expires_at < ?", (now,)).rowcount
+    deleted += conn.execute("DELETE FROM legacy_sessions WHERE expires_at < ?", (now,)).rowcount
+    return deleted
 
 
 # ---- dashboard reads -------------------------------------------------------------------------
