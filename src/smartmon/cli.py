@@ -305,7 +305,7 @@ def whoami(server: ServerOption = None, token: AccessTokenOption = None) -> None
     from smartmon.client import Client
 
     session = Session(server, token)
-    with client_errors():
+    with client_errors(), session.client:
         me = session.client.send(Client.me(session.token))
     typer.echo(f"{me['username']} ({me['role']}) on {session.server}")
 
@@ -327,7 +327,7 @@ def token_create(
     from smartmon.client import Client
 
     session = Session(server, token)
-    with client_errors():
+    with client_errors(), session.client:
         created = session.client.send(Client.create_token(session.token, name, expires_days))
     typer.echo(created["token"])
 
@@ -342,14 +342,13 @@ def token_list(
     from smartmon.client import Client
 
     session = Session(server, token)
-    with client_errors():
+    with client_errors(), session.client:
         tokens = session.client.send(Client.list_tokens(session.token))
     if as_json:
         import json
 
         typer.echo(json.dumps(tokens, indent=2))
         return
-    from rich.console import Console
     from rich.table import Table
 
     table = Table("ID", "Name", "Status", "Created", "Expires", "Last used", box=None)
@@ -358,7 +357,7 @@ def token_list(
             str(t["id"]), t["name"], t["status"], _short_time(t["createdAt"]),
             _short_time(t["expiresAt"]) or "never", _short_time(t["lastUsedAt"]) or "-",
         )  # fmt: skip
-    Console().print(table)
+    _table_console().print(table)
 
 
 @token_app.command("revoke")
@@ -373,12 +372,19 @@ def token_revoke(
     from smartmon.client import Client
 
     session = Session(server, token)
-    with client_errors():
+    with client_errors(), session.client:
         session.client.send(Client.revoke_token(session.token, token_id))
     typer.echo(f"Token {token_id} revoked.", err=True)
 
 
 # ---- devices ------------------------------------------------------------------------------------
+
+
+def _table_console() -> Any:
+    """A console for tables: natural width when piped, so `| grep NAME` sees whole names."""
+    from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=1000)
 
 
 def _short_time(value: str | None) -> str:
@@ -407,7 +413,7 @@ def devices(
     from smartmon.client import Client
 
     session = Session(server, token)
-    with client_errors():
+    with client_errors(), session.client:
         listing = session.client.send(Client.devices(session.token))
     if as_json:
         import json
@@ -437,7 +443,7 @@ def devices(
             f"No devices yet. Enroll one with:\n  smartmon agent --token $(smartmon token create) --server {session.server}"
         )
         return
-    Console().print(table)
+    _table_console().print(table)
 
 
 def _register_agent() -> None:
