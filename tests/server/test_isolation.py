@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -165,3 +166,57 @@ def test_a_cannot_see_bs_enrollment_tokens_or_users(
         "bob-secret-token"
         not in live_server.request("GET", "/api/tokens", live_server.admin_token).text
     )
+
+
+def _events(ws: Any, seconds: float, until: str | None = None) -> list[dict[str, Any]]:
+    """The events the stream sends within `seconds` (or a little after one contains `until`)."""
+    import json
+
+    from websockets.exceptions import ConnectionClosed
+
+    events: list[dict[str, Any]] = []
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            message = ws.recv(timeout=left)
+        except (TimeoutError, ConnectionClosed):
+            break
+        events.append(json.loads(message))
+        if until is not None and until in message:
+            deadline = min(deadline, time.monotonic() + 0.3)
+    return events
+
+
+def test_b_stream_hears_nothing_of_a(live_server: LiveServer, fleet: dict[str, Any]) -> None:
+    import json
+
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    url = live_server.url.replace("http://", "ws://") + "/api/stream"
+    for credential in (fleet["b_key"], "garbage", fleet["a_key"]):
+        try:
+            with connect(
+                url, additional_headers={"authorization": f"Bearer {credential}"}, open_timeout=5
+            ) as ws:
+                assert not [e for e in _events(ws, 0.5) if e.get("type") == "hello"], credential[:4]
+        except InvalidStatus:
+            pass  # refused before the upgrade: fine too
+    with connect(
+        url, additional_headers={"authorization": f"Bearer {fleet['b_token']}"}, open_timeout=5
+    ) as ws:
+        hello = json.loads(ws.recv(timeout=5))
+        assert hello["type"] == "hello" and hello["user"]["username"] == "bob"
+        assert [d["deviceName"] for d in hello["devices"]] == ["bob-meter"]
+        ws.send(json.dumps({"subscribe": [fleet["a_device"], fleet["b_device"]]}))
+        time.sleep(0.2)
+        a_report = report(
+            [conn("198.51.100.7", 8443, process="alice-proc"), conn("198.51.100.8", 1)]
+        )
+        assert post(live_server, fleet["a_key"], a_report).status_code == 200
+        b_report = report([conn("203.0.113.9", 8443), conn("203.0.113.10", 2)])
+        assert post(live_server, fleet["b_key"], b_report).status_code == 200
+        events = _events(ws, 5, until="203.0.113.10")
+    text = json.dumps(events)
+    assert not any(s in text for s in A_SECRETS), text
+    assert "203.0.113.10" in text, "B's own events arrive, so the stream was live"
