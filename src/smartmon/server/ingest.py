@@ -226,7 +226,13 @@ class Ingest:
         applied = Applied(device_id, report.report_id.lower())
         collected = report.collected_at.timestamp()
         writes.reports.append((applied.report_id, device_id, report.seq, collected, now))
-        late = device["collected_at"] is not None and collected < device["collected_at"]
+        # late: drained from a spool after newer reports. Older by the device's clock *and* by
+        # seq, so a clock corrected backwards (a Pi without RTC) or a seq reset cannot freeze it
+        late = (
+            device["collected_at"] is not None
+            and collected < device["collected_at"]
+            and (device["last_seq"] is None or report.seq < device["last_seq"])
+        )
         if not late:
             seen = _upsert_all(device_id, report.connections, now, open_now, known, writes, applied)
             finals = {c.key: c for c in report.closed}
