@@ -492,6 +492,25 @@ def test_late_report_does_not_regress_state(
     assert detail(live_server, device_id)["traffic"][-1]["bytesIn"] == 100
 
 
+def test_device_clock_going_back_does_not_freeze_the_device(
+    live_server: LiveServer, device: tuple[int, str]
+) -> None:
+    """A Pi that booted with a wrong clock and then corrected it keeps being updated."""
+    device_id, key = device
+    t0 = time.time()
+    wrong = report([conn("192.0.2.1", 443)], seq=1, collected_at=t0 + 365 * 86400)
+    assert post(live_server, key, wrong).status_code == 200
+    fixed = report([conn("192.0.2.2", 443)], seq=2, collected_at=t0, interfaces=ifaces(10, 10))
+    assert post(live_server, key, fixed).status_code == 200
+    after = detail(live_server, device_id)
+    assert [c["destIp"] for c in after["connections"]] == ["192.0.2.2"]
+    assert after["collectedAt"].startswith(iso(t0)[:16])
+    # an agent restarted with its seq back at 0 and a later clock is current too
+    restarted = report([conn("192.0.2.3", 443)], seq=0, collected_at=t0 + 10)
+    assert post(live_server, key, restarted).status_code == 200
+    assert [c["destIp"] for c in detail(live_server, device_id)["connections"]] == ["192.0.2.3"]
+
+
 def test_report_updates_device_summary(live_server: LiveServer, device: tuple[int, str]) -> None:
     device_id, key = device
     body = report(
