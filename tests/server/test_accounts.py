@@ -234,3 +234,28 @@ def test_login_body_validation(live_server: LiveServer) -> None:
         "POST", "/api/auth/login", json={"username": "a" * 10_000, "password": "x"}
     )
     assert_error(r, 422, "username")
+
+
+def test_racing_first_registrations_make_one_admin(live_server: LiveServer) -> None:
+    import threading
+
+    import httpx
+
+    answers: list[httpx.Response] = []
+
+    def attempt(i: int) -> None:
+        answers.append(
+            httpx.post(
+                live_server.url + "/api/auth/register",
+                json={"username": f"racer{i}", "password": USER_PASSWORD},
+                timeout=30,
+            )
+        )
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert sorted(r.status_code for r in answers) == [201, 403, 403, 403, 403]
+    assert sql(live_server.data_dir, "SELECT role FROM users") == [("admin",)]
