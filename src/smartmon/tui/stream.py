@@ -171,29 +171,30 @@ class Feed:
 
     async def _follow(self) -> None:
         headers = {"Authorization": f"Bearer {self.token}"}
-        async with connect(
+        ws = await connect(
             self.url,
             additional_headers=headers,
             open_timeout=5,
             max_size=MAX_MESSAGE_BYTES,
             user_agent_header="smartmon-tui",
-        ) as ws:
-            self._ws = ws
-            sender = asyncio.create_task(self._send_subscriptions(ws))
-            try:
-                async for message in ws:
-                    event = _decode(message)
-                    if event is None:
-                        continue
-                    if isinstance(event, api.HelloEvent):
-                        self.user = event.user
-                        self._set_state(FeedState("live"))
-                    self._push(event)
-            finally:
-                self._ws = None
-                sender.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await sender
+        )
+        self._ws = ws
+        sender = asyncio.create_task(self._send_subscriptions(ws))
+        try:
+            async for message in ws:
+                event = _decode(message)
+                if event is None:
+                    continue
+                if isinstance(event, api.HelloEvent):
+                    self.user = event.user
+                    self._set_state(FeedState("live"))
+                self._push(event)
+        finally:
+            self._ws = None
+            sender.cancel()
+            # when cancelled (the app is closing) a closing handshake could be cancelled too
+            # and leave the socket open: drop the connection outright
+            ws.transport.abort()
 
     async def _send_subscriptions(self, ws: ClientConnection) -> None:
         while True:

@@ -106,7 +106,6 @@ class LiveTable(ScrollView, Generic[K, R], can_focus=True):
         Binding("end,G", "last", "Last", show=False),
         Binding("left", "scroll_left", "Left", show=False),
         Binding("right", "scroll_right", "Right", show=False),
-        Binding("enter", "select", "Open", show=False),
     ]
 
     MARK_SECONDS = 3.0
@@ -436,6 +435,7 @@ class LiveTable(ScrollView, Generic[K, R], can_focus=True):
         self.cursor_row = len(self._order) - 1
 
     def action_select(self) -> None:
+        """Post Selected for the cursor row (screens bind enter themselves)."""
         if self.cursor_key is not None:
             self.post_message(self.Selected(self, self.cursor_key))
 
