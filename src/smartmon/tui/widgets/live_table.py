@@ -164,6 +164,7 @@ class LiveTable(ScrollView, Generic[K, R], can_focus=True):
         self._mark_timer: Timer | None = None
         self._widths = [c.width for c in columns]
         self._fitted_width = 0
+        self._style_cache: dict[str, Style] = {}
 
     # ---- reading ----------------------------------------------------------------------------
 
@@ -341,7 +342,12 @@ class LiveTable(ScrollView, Generic[K, R], can_focus=True):
             return i
         return None
 
+    def _visible_keys(self) -> list[K]:
+        top = self.scroll_offset.y
+        return self._order[top : top + self._page]
+
     def _move(self, key: K, old: Any, new: Any) -> None:
+        before = self._visible_keys()
         keep = self.cursor_key
         offset = self.cursor_row - self.scroll_offset.y
         i = bisect.bisect_left(self._sort_keys, old)
@@ -355,30 +361,43 @@ class LiveTable(ScrollView, Generic[K, R], can_focus=True):
         else:
             cursor -= i < cursor
             cursor += j <= cursor
-        self._relayout(cursor, offset)
+        self._relayout(cursor, offset, before, key)
 
     def _take_out(self, key: K, sort_key: Any) -> None:
+        before = self._visible_keys()
         offset = self.cursor_row - self.scroll_offset.y
         i = bisect.bisect_left(self._sort_keys, sort_key)
         del self._sort_keys[i], self._order[i]
         cursor = self.cursor_row - (i < self.cursor_row)
-        self._relayout(min(cursor, max(0, len(self._order) - 1)), offset)
+        self._relayout(min(cursor, max(0, len(self._order) - 1)), offset, before, key)
 
     def _put_in(self, key: K, sort_key: Any) -> None:
+        before = self._visible_keys()
         offset = self.cursor_row - self.scroll_offset.y
         j = bisect.bisect_left(self._sort_keys, sort_key)
         self._sort_keys.insert(j, sort_key)
         self._order.insert(j, key)
         cursor = self.cursor_row + (j <= self.cursor_row and len(self._order) > 1)
-        self._relayout(cursor, offset)
+        self._relayout(cursor, offset, before, key)
 
-    def _relayout(self, cursor: int, screen_offset: int) -> None:
-        """After rows moved: the cursor row keeps its place on screen when it can."""
-        self.virtual_size = Size(self._total_width(), len(self._order) + 1)
+    def _relayout(
+        self, cursor: int, screen_offset: int, before: list[K] | None = None, key: K | None = None
+    ) -> None:
+        """After rows moved: the cursor row keeps its place on screen when it can.
+
+        When the rows on screen are the same as `before` (the change happened off screen),
+        nothing is redrawn: with 10,000 rows most changes are off screen.
+        """
+        size = Size(self._total_width(), len(self._order) + 1)
+        if size != self.virtual_size:
+            self.virtual_size = size
         self.set_reactive(LiveTable.cursor_row, max(0, min(cursor, len(self._order) - 1)))
         self._scroll_rows(self.cursor_row - screen_offset)
         self._keep_cursor_visible()
-        self.refresh()
+        if before is None or before != self._visible_keys():
+            self.refresh()
+        elif key is not None and key in before:
+            self._refresh_row(self.scroll_offset.y + before.index(key))
 
     # ---- cursor and scrolling ---------------------------------------------------------------
 
@@ -391,6 +410,8 @@ class LiveTable(ScrollView, Generic[K, R], can_focus=True):
         y = max(0, min(y, limit))
         if y != self.scroll_offset.y:
             self.scroll_to(y=y, animate=False, immediate=True)
+            if self.scroll_offset.y != y:  # the new size is not laid out yet: once it is
+                self.call_after_refresh(self.scroll_to, y=y, animate=False, immediate=True)
 
     def _keep_cursor_visible(self) -> None:
         top = self.scroll_offset.y
@@ -505,13 +526,13 @@ class LiveTable(ScrollView, Generic[K, R], can_focus=True):
         else:
             row = scroll_y + y - 1
             if row >= len(self._order):
-                return Strip.blank(width, self.rich_style)
+                return Strip.blank(width, self._style("base"))
             strip = self._row_strip(row)
-        return strip.crop_extend(scroll_x, scroll_x + width, self.rich_style)
+        return strip.crop_extend(scroll_x, scroll_x + width, self._style("base"))
 
     def _header_strip(self) -> Strip:
-        plain = self.get_component_rich_style("live-table--header")
-        sorted_style = self.get_component_rich_style("live-table--header-sorted")
+        plain = self._style("live-table--header")
+        sorted_style = self._style("live-table--header-sorted")
         arrow = " ▼" if self.sort_reverse else " ▲"
         segments: list[Segment] = []
         for i, (column, width) in enumerate(zip(self.columns, self._widths, strict=True)):
@@ -523,10 +544,21 @@ class LiveTable(ScrollView, Generic[K, R], can_focus=True):
             segments.append(Segment(text, sorted_style if is_sorted else plain))
         return Strip(segments)
 
+    def notify_style_update(self) -> None:
+        self._style_cache.clear()
+        super().notify_style_update()
+
+    def _style(self, name: str) -> Style:
+        """A component style, over the widget's own (cached: computing them is costly)."""
+        style = self._style_cache.get(name)
+        if style is None:
+            base = self.rich_style
+            style = base if name == "base" else base + self.get_component_rich_style(name)
+            self._style_cache[name] = style
+        return style
+
     def _row_style(self, row: int, key: K) -> Style:
-        style = self.rich_style
-        if row % 2:
-            style += self.get_component_rich_style("live-table--odd")
+        style = self._style("live-table--odd" if row % 2 else "base")
         mark = self._marks.get(key)
         if mark is not None:
             kind = mark.kind
