@@ -27,6 +27,7 @@ T = TypeVar("T")
 Job = Callable[[sqlite3.Connection], Any]
 
 BUSY_TIMEOUT_MS = 5000
+CHECKPOINT_EVERY_S = 1.0
 MAX_BATCH = 512
 
 # Forward-only migrations; index + 1 is the schema version they produce.
@@ -290,6 +291,8 @@ class Database:
     _queue: asyncio.Queue[_Pending | None] = field(default_factory=asyncio.Queue)
     _task: asyncio.Task[None] | None = None
     _next_reader: itertools.cycle[aiosqlite.Connection] | None = None
+    _checkpointer: aiosqlite.Connection | None = None
+    _checkpoints: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, path: Path, readers: int = 2) -> Database:
@@ -301,11 +304,25 @@ class Database:
         except BaseException:
             await writer.close()
             raise
+        # the writer never checkpoints: copying the WAL into the file (and its fsync) happens
+        # on a connection of its own, off the path every acknowledged write waits on
+        await writer.execute("PRAGMA wal_autocheckpoint = 0")
         pool = [await connect(path, readonly=True) for _ in range(readers)]
         db = cls(path=path, writer=writer, readers=pool)
         db._next_reader = itertools.cycle(pool)
+        db._checkpointer = await connect(path)
         db._task = asyncio.create_task(db._write_loop(), name="smartmon-writer")
+        db._checkpoints = asyncio.create_task(db._checkpoint_loop(), name="smartmon-checkpoint")
         return db
+
+    async def _checkpoint_loop(self) -> None:
+        assert self._checkpointer is not None
+        while True:
+            await asyncio.sleep(CHECKPOINT_EVERY_S)
+            try:
+                await self._checkpointer.execute("PRAGMA wal_checkpoint(PASSIVE)")
+            except sqlite3.Error as exc:  # e.g. busy: the next round catches up
+                log.warning("WAL checkpoint failed: %s", exc)
 
     def reader(self) -> aiosqlite.Connection:
         """A reader connection (round robin)."""
@@ -422,12 +439,21 @@ class Database:
             callback()
 
     async def close(self) -> None:
-        """Finish queued writes, then close every connection."""
+        """Finish queued writes, checkpoint the WAL into the file, close every connection."""
         if self._task is not None and not self._task.done():
             self._queue.put_nowait(None)
             await self._task
-        for conn in [self.writer, *self.readers]:
+        if self._checkpoints is not None:
+            self._checkpoints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._checkpoints
+        for conn in self.readers:
             await conn.close()
+        if self._checkpointer is not None:
+            await self._checkpointer.close()
+        with contextlib.suppress(sqlite3.Error):
+            await self.writer.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        await self.writer.close()
 
 
 def _create_private(path: Path) -> None:
