@@ -447,9 +447,13 @@ def devices(
 
 
 def _register_agent() -> None:
+    from smartmon.demo_command import demo
+    from smartmon.simulate_command import simulate
     from smartmon.tui.command import tui
 
     app.command("tui")(tui)
+    app.command("simulate")(simulate)
+    app.command("demo")(demo)
     try:
         from smartmon.agent.command import agent
     except ImportError:  # the agent part is not installed in this build
