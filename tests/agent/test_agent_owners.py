@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
-from agent_sockets import Sockets, by_key, key_of, linux_only, root_only
+from agent_sockets import Sockets, by_key, key_of, linux_only, reversed_key, root_only
 
 from smartmon.agent.collect import Collector
+from smartmon.agent.netlink import NetlinkCollector
 from smartmon.agent.processes import InodeOwners
 
 pytestmark = linux_only
@@ -100,40 +102,48 @@ def test_unprivileged_agent_names_only_its_own_processes(owned: Sockets) -> None
         assert any("CAP_SYS_PTRACE" in sentence for sentence in view["missing"])
 
 
-def test_inode_cache_rescans_only_for_new_sockets(owned: Sockets) -> None:
-    owners = InodeOwners()
-    first = owned.listener()
-    first_inode = os.fstat(first.fileno()).st_ino
-    owners.refresh([first_inode])
-    assert owners.owner(first_inode) == (os.getpid(), owners.owner(first_inode)[1])  # type: ignore[index]
-    scans = owners.scans
+def test_proc_is_read_only_for_new_sockets(owned: Sockets) -> None:
+    collector = NetlinkCollector(close_events=False)
+    try:
+        owned.listener()
+        collector.poll()
+        scans = collector.proc_scans
 
-    owners.refresh([first_inode])
-    assert owners.scans == scans  # nothing new: /proc is not read again
+        collector.poll()
+        assert collector.proc_scans == scans  # nothing new: /proc is not read again
 
-    second = owned.listener()
-    second_inode = os.fstat(second.fileno()).st_ino
-    owners.refresh([first_inode, second_inode])
-    assert owners.scans == scans + 1
-    assert owners.owner(second_inode) is not None
+        listener = owned.listener()
+        found = by_key(collector.poll()[0])[key_of(listener)]
+        assert collector.proc_scans == scans + 1
+        assert found.pid == os.getpid()
 
-    # An inode no process holds is looked for once, then remembered as unowned.
-    owners.refresh([first_inode, second_inode, 999_999_999])
-    owners.refresh([first_inode, second_inode, 999_999_999])
-    assert owners.scans == scans + 2
-    assert owners.owner(999_999_999) is None
+        collector.poll()
+        assert collector.proc_scans == scans + 1
+    finally:
+        collector.close()
 
 
-def test_inode_cache_forgets_closed_sockets(owned: Sockets) -> None:
+def test_an_accepted_socket_gets_its_owner(owned: Sockets, netlink: Collector) -> None:
+    full = owned.listener()
+    queued = owned.add(socket.create_connection(full.getsockname()))
+    server_key = reversed_key(key_of(queued))
+    assert by_key(netlink.poll()[0])[server_key].pid is None  # not accepted: no file yet
+
+    owned.add(full.accept()[0])
+
+    assert by_key(netlink.poll()[0])[server_key].pid == os.getpid()
+
+
+def test_inode_owners_finds_the_holders_of_inodes(owned: Sockets) -> None:
     owners = InodeOwners()
     listener = owned.listener()
     inode = os.fstat(listener.fileno()).st_ino
-    owners.refresh([inode])
-    assert owners.owner(inode) is not None
 
-    owners.refresh([])
+    found = owners.resolve([inode, 999_999_999, 0])
 
-    assert owners.owner(inode) is None
+    assert list(found) == [inode]
+    pid, name = found[inode]
+    assert pid == os.getpid() and name
 
 
 def test_collector_names_the_owning_process(owned: Sockets, netlink: Collector) -> None:

@@ -180,7 +180,8 @@ def open_collector(kind: CollectorKind = "auto", *, close_events: bool = True) -
     """The collector to use: netlink on Linux when the kernel allows it, else psutil."""
     if kind == "psutil":
         return PsutilCollector()
-    from smartmon.agent.sockdiag import NetlinkCollector, NetlinkUnavailable
+    from smartmon.agent.netlink import NetlinkCollector
+    from smartmon.agent.sockdiag import NetlinkUnavailable
 
     try:
         return NetlinkCollector(close_events=close_events)

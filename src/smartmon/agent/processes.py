@@ -1,16 +1,16 @@
-"""Which process owns a socket: a cached socket-inode -> pid map read from /proc (Linux).
+"""Which process owns a socket: socket inode -> pid from the /proc/<pid>/fd links (Linux).
 
-Scanning every /proc/<pid>/fd costs one readlink per open file on the machine, so the map
-is kept between polls and /proc is scanned again only when a socket with an unknown inode
-appears; the scan starts with processes already known to own sockets and stops as soon as
-every unknown inode has been found.
+Reading every /proc/<pid>/fd costs one readlink per open file on the machine, so callers
+keep what they learn (netlink.py keeps each socket's owner for the socket's lifetime) and
+ask only about sockets they have not seen; a scan starts with the processes already known
+to own sockets and stops as soon as every inode asked about has been found.
 """
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Literal
 
 Visibility = Literal["all", "own", "none"]
@@ -65,80 +65,46 @@ def process_name(pid: int, proc: str = "/proc") -> str | None:
 
 
 class InodeOwners:
-    """Socket inode -> (pid, process name), refreshed only for inodes not seen before."""
+    """Finds the processes holding socket inodes by reading /proc/<pid>/fd links."""
 
     def __init__(self, proc: str = "/proc") -> None:
         self._proc = proc
-        self._pid_of: dict[int, int] = {}
-        # Inodes searched for and not found (other users' processes, kernel sockets): looking
-        # again every poll would rescan /proc each time for nothing.
-        self._unowned: set[int] = set()
-        self._names: dict[int, str | None] = {}
         self.denied = False
         self.scans = 0
 
-    def refresh(self, inodes: Iterable[int]) -> None:
-        """Learn the owners of the current sockets' inodes and forget sockets that are gone."""
-        current = set(inodes)
-        current.discard(0)
-        self._forget_dead_processes()
-        unknown = current - self._pid_of.keys() - self._unowned
-        if unknown:
-            self._scan(unknown)
-        # Inode numbers are reused after a socket dies: keep only the live ones.
-        if len(self._pid_of) > len(current):
-            self._pid_of = {inode: pid for inode, pid in self._pid_of.items() if inode in current}
-        self._unowned &= current
-        live_pids = set(self._pid_of.values())
-        if len(self._names) > len(live_pids):
-            self._names = {pid: name for pid, name in self._names.items() if pid in live_pids}
+    def resolve(
+        self, inodes: Iterable[int], likely: Collection[int] = ()
+    ) -> dict[int, tuple[int, str | None]]:
+        """{inode: (pid, name)} for the inodes some readable process holds.
 
-    def owner(self, inode: int) -> tuple[int, str | None] | None:
-        """The (pid, name) holding a socket inode, if known."""
-        pid = self._pid_of.get(inode)
-        if pid is None:
-            return None
-        if pid not in self._names:
-            self._names[pid] = process_name(pid, self._proc)
-        return pid, self._names[pid]
-
-    def _forget_dead_processes(self) -> None:
-        # A socket passed on to another process (fork, then exit) keeps its inode; the dead
-        # pid's inodes become unknown again so the next scan finds their new owner.
-        dead = {
-            pid for pid in set(self._pid_of.values()) if not os.path.exists(f"{self._proc}/{pid}")
-        }
-        if dead:
-            self._pid_of = {inode: pid for inode, pid in self._pid_of.items() if pid not in dead}
-            for pid in dead:
-                self._names.pop(pid, None)
-            self._unowned.clear()
-
-    def _scan(self, wanted: set[int]) -> None:
+        Processes in `likely` (those already known to own sockets) are read first, and the
+        scan stops as soon as every inode is found.
+        """
+        wanted = set(inodes)
+        wanted.discard(0)
+        found: dict[int, tuple[int, str | None]] = {}
+        if not wanted:
+            return found
         self.scans += 1
-        remaining = set(wanted)
-        for pid in self._scan_order():
-            found = self._read_fds(pid)
-            if not found:
+        for pid in self._scan_order(likely):
+            held = self._read_fds(pid) & wanted
+            if not held:
                 continue
-            if pid in self._names:
-                # The pid may belong to a new process now: read its name again.
-                del self._names[pid]
-            for inode in found:
-                self._pid_of[inode] = pid
-            remaining -= found
-            if not remaining:
+            # Read the name now, not from a cache: the pid may belong to a new process.
+            owner = (pid, process_name(pid, self._proc))
+            for inode in held:
+                found[inode] = owner
+            wanted -= held
+            if not wanted:
                 break
-        self._unowned |= remaining
+        return found
 
-    def _scan_order(self) -> list[int]:
+    def _scan_order(self, likely: Collection[int]) -> list[int]:
         try:
             pids = [int(entry) for entry in os.listdir(self._proc) if entry.isdigit()]
         except OSError:
             return []
-        known = set(self._pid_of.values())
-        # Processes that already own sockets are the likeliest owners of new ones.
-        return sorted(pids, key=lambda pid: pid not in known)
+        return sorted(pids, key=lambda pid: pid not in likely)
 
     def _read_fds(self, pid: int) -> set[int]:
         try:

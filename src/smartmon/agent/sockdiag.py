@@ -1,9 +1,10 @@
-"""Linux collector: netlink sock_diag (inet_diag) dumps and socket-destroy events.
+"""Linux netlink sock_diag (inet_diag), written with socket + struct only.
 
-Written with socket + struct only. One SOCK_DIAG_BY_FAMILY dump request per family and
-protocol returns every socket with, for TCP, its `tcp_info` (byte and segment counters).
-A second netlink socket joins the SKNLGRP_INET*_DESTROY multicast groups, so a connection
-that opens and closes between two polls is still reported, with its final counters.
+One SOCK_DIAG_BY_FAMILY dump request per family and protocol returns every socket with,
+for TCP, its `tcp_info` (byte and segment counters); netlink.py turns dumps into
+connections. A second netlink socket joins the SKNLGRP_INET*_DESTROY multicast groups, so
+a connection that opens and closes between two polls is still reported, with its final
+counters.
 """
 
 from __future__ import annotations
@@ -14,11 +15,9 @@ import socket
 import struct
 import sys
 import threading
-from collections import deque
 from collections.abc import Iterator
 
 from smartmon import wire
-from smartmon.agent.processes import InodeOwners, process_visibility
 
 NETLINK_SOCK_DIAG = 4
 SOCK_DIAG_BY_FAMILY = 20
@@ -61,22 +60,23 @@ TCP_STATE_NAMES = {
 TCP_ESTABLISHED = 1
 
 _NLMSGHDR = struct.Struct("=IHHII")
+NLMSGHDR_SIZE = _NLMSGHDR.size
 _ERRNO = struct.Struct("=i")
 _RTATTR = struct.Struct("=HH")
 # inet_diag_msg: family, state, timer, retrans, sport, dport (both big-endian), src[16],
-# dst[16], interface, cookie[2], expires, rqueue, wqueue, uid, inode.
-_DIAG_MSG = struct.Struct("=BB2x2s2s16s16s28xI")
-_DIAG_MSG_SIZE = 72
-# tcp_info from linux/tcp.h: bytes_acked and bytes_received (u64) at 120, then segs_out and
-# segs_in (u32); bytes_sent (u64, since Linux 4.19) at 200.
-_TCPI_COUNTERS = struct.Struct("=QQII")
-_TCPI_COUNTERS_AT = 120
-_TCPI_BYTES_SENT = struct.Struct("=Q")
-_TCPI_BYTES_SENT_AT = 200
+# dst[16], interface, cookie (u64, unique per socket), expires, rqueue, wqueue, uid, inode.
+_DIAG_MSG = struct.Struct("=BB2x2s2s16s16s4xQ16xI")
+DIAG_MSG_SIZE = 72
+# What a poll needs from a message it has seen before, straight from the nlmsghdr:
+# length, type, state, cookie, inode.
+MESSAGE_HEAD = struct.Struct("=IH11xB42xQ16xI")
+MESSAGE_LENGTH_TYPE = struct.Struct("=IH")
+# The INET_DIAG_INFO attribute (rtattr length and type, then tcp_info from linux/tcp.h):
+# bytes_acked and bytes_received (u64) at tcp_info+120, segs_out and segs_in (u32), and
+# bytes_sent (u64, Linux 4.19 and later) at tcp_info+200.
+TCP_INFO_COUNTERS = struct.Struct("=HH120xQQII")
+TCP_INFO_WITH_SENT = struct.Struct("=HH120xQQII56xQ")
 _RECV_BUFFER = 1 << 18
-_OWNER_MEMORY_POLLS = 3
-_Key = tuple[str, str, int, str, int]
-_Owner = tuple[int, str | None]
 _DESTROY_RCVBUF = 8 << 20
 
 
@@ -113,31 +113,13 @@ class _AddressText:
         return text
 
 
-def parse_diag_message(
-    data: bytes, offset: int, end: int, protocol: int, address_text: _AddressText
-) -> tuple[int, wire.Connection] | None:
-    """One inet_diag_msg (and its attributes) as (inode, Connection); None if not reportable."""
-    family, state, sport, dport, src, dst, inode = _DIAG_MSG.unpack_from(data, offset)
+def connection_from(
+    data: bytes, offset: int, protocol: int, address_text: _AddressText
+) -> tuple[int, int, wire.Connection] | None:
+    """(cookie, inode, Connection) from the inet_diag_msg at `offset`; no counters yet."""
+    family, state, sport, dport, src, dst, cookie, inode = _DIAG_MSG.unpack_from(data, offset)
     if family not in (socket.AF_INET, socket.AF_INET6):
         return None
-    counters: tuple[int, int, int, int] | None = None
-    attr = offset + _DIAG_MSG_SIZE
-    while attr + 4 <= end:
-        length, kind = _RTATTR.unpack_from(data, attr)
-        if length < 4:
-            break
-        if kind == INET_DIAG_PROTOCOL:
-            protocol = data[attr + 4]
-        elif kind == INET_DIAG_INFO and length - 4 >= _TCPI_COUNTERS_AT + _TCPI_COUNTERS.size:
-            info = attr + 4
-            acked, received, segs_out, segs_in = _TCPI_COUNTERS.unpack_from(
-                data, info + _TCPI_COUNTERS_AT
-            )
-            sent = acked
-            if length - 4 >= _TCPI_BYTES_SENT_AT + 8:
-                (sent,) = _TCPI_BYTES_SENT.unpack_from(data, info + _TCPI_BYTES_SENT_AT)
-            counters = (received, sent, segs_in, segs_out)
-        attr += (length + 3) & ~3
     if protocol == socket.IPPROTO_TCP:
         proto: wire.Protocol = "TCP"
         state_name = TCP_STATE_NAMES.get(state, "CLOSE")
@@ -153,6 +135,49 @@ def parse_diag_message(
         int.from_bytes(dport, "big"),
         state_name,
     )
+    return cookie, inode, connection
+
+
+def find_attribute(data: bytes, start: int, end: int, wanted: int) -> int | None:
+    """Offset of the first rtattr of type `wanted` between start and end."""
+    while start + 4 <= end:
+        length, kind = _RTATTR.unpack_from(data, start)
+        if length < 4:
+            return None
+        if kind == wanted:
+            return start
+        start += (length + 3) & ~3
+    return None
+
+
+def read_counters(data: bytes, info: int, end: int) -> tuple[int, int, int, int] | None:
+    """(bytes in, bytes out, packets in, packets out) from the INET_DIAG_INFO rtattr at `info`."""
+    if info + TCP_INFO_COUNTERS.size > end:
+        return None
+    if info + TCP_INFO_WITH_SENT.size <= end:
+        length, _, acked, received, segs_out, segs_in, sent = TCP_INFO_WITH_SENT.unpack_from(
+            data, info
+        )
+        if length >= TCP_INFO_WITH_SENT.size:
+            return received, sent, segs_in, segs_out
+    _, _, acked, received, segs_out, segs_in = TCP_INFO_COUNTERS.unpack_from(data, info)
+    return received, acked, segs_in, segs_out
+
+
+def parse_diag_message(
+    data: bytes, offset: int, end: int, protocol: int, address_text: _AddressText
+) -> tuple[int, int, wire.Connection] | None:
+    """(cookie, inode, Connection with counters) from one message payload; None if not a socket."""
+    attributes = offset + DIAG_MSG_SIZE
+    where = find_attribute(data, attributes, end, INET_DIAG_PROTOCOL)
+    if where is not None:
+        protocol = data[where + 4]
+    parsed = connection_from(data, offset, protocol, address_text)
+    if parsed is None:
+        return None
+    connection = parsed[2]
+    info = find_attribute(data, attributes, end, INET_DIAG_INFO)
+    counters = read_counters(data, info, end) if info is not None else None
     if counters is not None:
         (
             connection.bytes_in,
@@ -160,7 +185,7 @@ def parse_diag_message(
             connection.packets_in,
             connection.packets_out,
         ) = counters
-    return inode, connection
+    return parsed
 
 
 def iter_messages(data: bytes) -> Iterator[tuple[int, int, int]]:
@@ -175,8 +200,14 @@ def iter_messages(data: bytes) -> Iterator[tuple[int, int, int]]:
         offset += (length + 3) & ~3
 
 
+def error_of(data: bytes, payload: int) -> int:
+    """The errno of an NLMSG_ERROR message (0 is an acknowledgement)."""
+    (negative_errno,) = _ERRNO.unpack_from(data, payload)
+    return int(-negative_errno)
+
+
 class SockDiag:
-    """A netlink sock_diag socket that dumps every TCP and UDP socket on demand."""
+    """A netlink sock_diag socket: send a dump request, then receive its datagrams."""
 
     def __init__(self) -> None:
         if not sys.platform.startswith("linux"):
@@ -188,27 +219,34 @@ class SockDiag:
         except OSError as exc:
             raise NetlinkUnavailable(f"cannot open a sock_diag socket: {exc.strerror}") from exc
         self._sequence = 0
-        self._address_text = _AddressText()
+        self.address_text = _AddressText()
 
-    def dump(self, family: int, protocol: int) -> list[tuple[int, wire.Connection]]:
-        """Every socket of one family and protocol, as (inode, Connection)."""
+    def request(self, family: int, protocol: int) -> None:
+        """Ask for every socket of one family and protocol (TCP with tcp_info)."""
         self._sequence += 1
         self._socket.send(_dump_request(family, protocol, self._sequence))
-        found: list[tuple[int, wire.Connection]] = []
-        parse = parse_diag_message
-        address_text = self._address_text
+
+    def receive(self) -> bytes:
+        """The next datagram of the dump: many messages, the last ending in NLMSG_DONE."""
+        return self._socket.recv(_RECV_BUFFER)
+
+    def dump(self, family: int, protocol: int) -> list[tuple[int, int, wire.Connection]]:
+        """Every socket of one family and protocol as (cookie, inode, Connection): the plain
+        (uncached) reading, used to probe the kernel and by tests."""
+        self.request(family, protocol)
+        found: list[tuple[int, int, wire.Connection]] = []
         while True:
-            data = self._socket.recv(_RECV_BUFFER)
+            data = self.receive()
             for kind, start, end in iter_messages(data):
                 if kind == NLMSG_DONE:
                     return found
                 if kind == NLMSG_ERROR:
-                    (errno,) = _ERRNO.unpack_from(data, start)
-                    if errno == 0:
-                        continue
-                    raise NetlinkUnavailable(-errno, os.strerror(-errno))
+                    errno = error_of(data, start)
+                    if errno:
+                        raise NetlinkUnavailable(errno, os.strerror(errno))
+                    continue
                 if kind == SOCK_DIAG_BY_FAMILY:
-                    parsed = parse(data, start, end, protocol, address_text)
+                    parsed = parse_diag_message(data, start, end, protocol, self.address_text)
                     if parsed is not None:
                         found.append(parsed)
 
@@ -237,7 +275,7 @@ class DestroyListener:
             raise NetlinkUnavailable(f"cannot subscribe to socket-destroy events: {exc}") from exc
         self._limit = limit
         self._lock = threading.Lock()
-        self._closed: list[wire.Connection] = []
+        self._closed: list[tuple[int, wire.Connection]] = []
         # At least this many events were lost: an ENOBUFS (kernel buffer overflow) counts one.
         self.lost = 0
         self._address_text = _AddressText()
@@ -255,8 +293,8 @@ class DestroyListener:
             except OSError:
                 continue
 
-    def drain(self) -> list[wire.Connection]:
-        """The sockets destroyed since the last drain."""
+    def drain(self) -> list[tuple[int, wire.Connection]]:
+        """(cookie, final state) of the sockets destroyed since the last drain."""
         with self._lock:
             closed, self._closed = self._closed, []
         return closed
@@ -277,7 +315,7 @@ class DestroyListener:
             self._record(data)
 
     def _record(self, data: bytes) -> None:
-        batch: list[wire.Connection] = []
+        batch: list[tuple[int, wire.Connection]] = []
         for kind, start, end in iter_messages(data):
             if kind != SOCK_DIAG_BY_FAMILY:
                 continue
@@ -289,10 +327,10 @@ class DestroyListener:
                 continue
             if parsed is None:
                 continue
-            connection = parsed[1]
+            cookie, _inode, connection = parsed
             if _never_a_connection(connection):
                 continue
-            batch.append(connection)
+            batch.append((cookie, connection))
         if not batch:
             return
         with self._lock:
@@ -317,106 +355,3 @@ def _never_a_connection(connection: wire.Connection) -> bool:
         return True
     unspecified = connection.dest_ip in ("0.0.0.0", "::")
     return connection.protocol == "TCP" and connection.dest_port == 0 and not unspecified
-
-
-class NetlinkCollector:
-    """Sockets, TCP counters and owners from sock_diag; closed sockets from destroy events."""
-
-    def __init__(self, close_events: bool = True) -> None:
-        self._diag = SockDiag()
-        try:
-            self._diag.dump(socket.AF_INET, socket.IPPROTO_TCP)
-        except OSError as exc:
-            self._diag.close()
-            raise NetlinkUnavailable(f"the kernel refused a sock_diag dump: {exc}") from exc
-        self._owners = InodeOwners()
-        self._owner_by_key: dict[_Key, _Owner] = {}
-        # Owners of sockets gone in the last few polls: a destroy event can arrive a poll late.
-        self._owner_gone: deque[dict[_Key, _Owner]] = deque(maxlen=_OWNER_MEMORY_POLLS)
-        self._destroyed: DestroyListener | None = None
-        self._close_events_error: str | None = None
-        if close_events:
-            try:
-                self._destroyed = DestroyListener()
-            except NetlinkUnavailable as exc:
-                self._close_events_error = str(exc)
-        self.capabilities = self._capabilities(close_events)
-
-    def _capabilities(self, close_events: bool) -> wire.Capabilities:
-        visibility = process_visibility()
-        missing = [
-            "UDP sockets carry no byte or packet counters (the kernel keeps none per socket)"
-        ]
-        if visibility != "all":
-            missing.append(
-                "process attribution needs root or CAP_SYS_PTRACE: "
-                "only this user's processes are named"
-            )
-        if self._close_events_error is not None:
-            missing.append(
-                "connections that open and close between two polls are missed: "
-                + self._close_events_error
-            )
-        elif not close_events:
-            missing.append("socket-destroy events are off: short-lived connections are missed")
-        return wire.Capabilities(
-            collector="netlink",
-            counters=True,
-            processes=visibility,
-            close_events=self._destroyed is not None,
-            missing=missing,
-        )
-
-    @property
-    def close_events(self) -> bool:
-        """Whether closed connections come from kernel destroy events."""
-        return self._destroyed is not None
-
-    @property
-    def lost_close_events(self) -> int:
-        """Destroy events the kernel or the buffer bound dropped so far."""
-        return self._destroyed.lost if self._destroyed is not None else 0
-
-    def poll(self) -> tuple[list[wire.Connection], list[wire.Connection]]:
-        """(current connections, connections destroyed since the previous poll)."""
-        # Drain first: a socket destroyed after the dump would otherwise be reported as
-        # closed in the same report that still lists it as open.
-        closed = self._destroyed.drain() if self._destroyed is not None else []
-        sockets: list[tuple[int, wire.Connection]] = []
-        for family, protocol in DUMPS:
-            sockets.extend(self._diag.dump(family, protocol))
-        owners = self._owners
-        owners.refresh(inode for inode, _ in sockets)
-        owner_by_key: dict[_Key, _Owner] = {}
-        connections: list[wire.Connection] = []
-        for inode, connection in sockets:
-            if inode:
-                owner = owners.owner(inode)
-                if owner is not None:
-                    connection.pid, connection.process = owner
-                    owner_by_key[connection.key] = owner
-            connections.append(connection)
-        self._name_closed_owners(closed)
-        previous = self._owner_by_key
-        self._owner_gone.append({k: v for k, v in previous.items() if k not in owner_by_key})
-        self._owner_by_key = owner_by_key
-        return connections, closed
-
-    def _name_closed_owners(self, closed: list[wire.Connection]) -> None:
-        # The kernel sends destroy events after the file is gone: the owner is whoever held
-        # the socket when it was last seen.
-        for connection in closed:
-            key = connection.key
-            owner = self._owner_by_key.get(key)
-            for gone in reversed(self._owner_gone):
-                if owner is not None:
-                    break
-                owner = gone.get(key)
-            if owner is not None:
-                connection.pid, connection.process = owner
-
-    def close(self) -> None:
-        """Release the netlink sockets and stop the destroy-event thread."""
-        if self._destroyed is not None:
-            self._destroyed.close()
-        self._diag.close()
