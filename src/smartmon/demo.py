@@ -419,6 +419,7 @@ def run(settings: DemoSettings, out: IO[str] | None = None) -> int:
         print(demo.banner(), file=stream, flush=True)
         if settings.tui:
             code = demo.run_tui()
+            demo.check()  # what went wrong behind the dashboard, if anything
         else:
             print("Ctrl+C stops everything.", file=stream, flush=True)
             with contextlib.suppress(KeyboardInterrupt):
