@@ -1,15 +1,38 @@
-"""Seams for the loop tests: a server behind httpx.MockTransport and a scripted collector."""
+"""Seams for the loop tests: a scripted server on a real loopback HTTP port, a scripted
+collector."""
 
 from __future__ import annotations
 
 import gzip
 import itertools
+import json
+import socket
+import threading
 import time
-from collections.abc import Callable
-
-import httpx
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from smartmon import wire
+
+
+@dataclass
+class Answer:
+    """A scripted HTTP answer."""
+
+    status: int
+    body: dict[str, object] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def error_answer(status: int, detail: str = "scripted", **headers: str) -> Answer:
+    """An error answer to queue in FakeServer.answers (retry_after= becomes Retry-After)."""
+    return Answer(
+        status,
+        {"error": "fake", "detail": detail},
+        {k.replace("_", "-"): v for k, v in headers.items()},
+    )
 
 
 class FakeServer:
@@ -20,53 +43,91 @@ class FakeServer:
         self.keys: set[str] = set()
         self.stored: list[wire.Report] = []
         self.attempts: list[tuple[float, str]] = []
-        self.down = False
-        self.answers: list[httpx.Response] = []
+        self.down = False  # requests get no answer at all: the connection is dropped
+        self.close_idle = False  # close every connection after answering, without saying so
+        self.answers: list[Answer] = []
+        self.url = ""
         self._key_numbers = itertools.count(1)
-
-    def transport(self) -> httpx.MockTransport:
-        """The transport to give a Client."""
-        return httpx.MockTransport(self)
+        self._lock = threading.Lock()
 
     @property
     def seqs(self) -> list[int]:
         """seq of every stored report, in arrival order."""
         return [report.seq for report in self.stored]
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.attempts.append((time.monotonic(), request.url.path))
-        if self.down:
-            raise httpx.ConnectError("connection refused", request=request)
-        if self.answers:
-            return self.answers.pop(0)
-        bearer = request.headers.get("authorization", "").removeprefix("Bearer ")
-        if request.url.path == "/api/monitor/register":
-            if bearer != self.token:
-                return _error(401, "the enrollment token is unknown")
-            key = f"smd_{next(self._key_numbers)}"
-            self.keys.add(key)
-            return httpx.Response(200, json={"deviceId": 1, "deviceKey": key})
-        if request.url.path == "/api/monitor/connections":
-            if bearer not in self.keys:
-                return _error(401, "the device key is revoked")
-            body = request.content
-            if request.headers.get("content-encoding") == "gzip":
-                body = gzip.decompress(body)
-            report = wire.decode_report(body)
-            duplicate = any(stored.report_id == report.report_id for stored in self.stored)
-            if not duplicate:
-                self.stored.append(report)
-            return httpx.Response(200, json={"reportId": report.report_id, "duplicate": duplicate})
-        return _error(404, "no such route")
+    def handle(self, path: str, headers: dict[str, str], body: bytes) -> Answer | None:
+        """The answer to one POST, or None to drop the connection unanswered."""
+        with self._lock:
+            self.attempts.append((time.monotonic(), path))
+            if self.down:
+                return None
+            if self.answers:
+                return self.answers.pop(0)
+            bearer = headers.get("authorization", "").removeprefix("Bearer ")
+            if path == "/api/monitor/register":
+                if bearer != self.token:
+                    return error_answer(401, "the enrollment token is unknown")
+                key = f"smd_{next(self._key_numbers)}"
+                self.keys.add(key)
+                return Answer(200, {"deviceId": 1, "deviceKey": key})
+            if path == "/api/monitor/connections":
+                if bearer not in self.keys:
+                    return error_answer(401, "the device key is revoked")
+                if headers.get("content-encoding") == "gzip":
+                    body = gzip.decompress(body)
+                report = wire.decode_report(body)
+                duplicate = any(stored.report_id == report.report_id for stored in self.stored)
+                if not duplicate:
+                    self.stored.append(report)
+                return Answer(200, {"reportId": report.report_id, "duplicate": duplicate})
+            return error_answer(404, "no such route")
 
+    @contextmanager
+    def running(self) -> Iterator[str]:
+        """Serve on a loopback port; yields the base URL."""
+        fake = self
 
-def _error(status: int, detail: str, headers: dict[str, str] | None = None) -> httpx.Response:
-    return httpx.Response(status, json={"error": "fake", "detail": detail}, headers=headers)
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
 
+            def setup(self) -> None:
+                super().setup()
+                # Headers and body go out in two writes: without this, Nagle's algorithm
+                # and the client's delayed ACK add 40 ms to every answer.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-def error_answer(status: int, detail: str = "scripted", **headers: str) -> httpx.Response:
-    """An error response to queue in FakeServer.answers."""
-    return _error(status, detail, {k.replace("_", "-"): v for k, v in headers.items()})
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                headers = {name.lower(): value for name, value in self.headers.items()}
+                answer = fake.handle(self.path, headers, body)
+                if answer is None:
+                    self.close_connection = True
+                    return
+                content = json.dumps(answer.body).encode()
+                self.send_response(answer.status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(content)))
+                for name, value in answer.headers.items():
+                    self.send_header(name, value)
+                self.end_headers()
+                self.wfile.write(content)
+                if fake.close_idle:
+                    self.close_connection = True
+
+            def log_message(self, format: str, *args: object) -> None:
+                """Quiet."""
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+        thread.start()
+        self.url = f"http://127.0.0.1:{server.server_address[1]}"
+        try:
+            yield self.url
+        finally:
+            server.shutdown()
+            server.server_close()
+            thread.join(timeout=10)
 
 
 class ScriptedCollector:

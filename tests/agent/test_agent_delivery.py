@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import gzip
 import random
+import socket
+from collections.abc import Iterator
 from datetime import UTC, datetime
 
-import httpx
+import msgspec
 import pytest
+from agent_fakes import Answer, FakeServer, error_answer
 
 from smartmon import wire
 from smartmon.agent.delivery import BACKOFF_CAP_S, Backoff, compress, post_compressed
-from smartmon.client import Client
+from smartmon.agent.sender import Sender
 
 REPORT = wire.Report(
     report_id="0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0",
@@ -22,36 +25,64 @@ REPORT = wire.Report(
 )
 
 
-def _client(handler: httpx.MockTransport) -> Client:
-    return Client("http://agent.test", transport=handler)
+@pytest.fixture
+def server() -> FakeServer:
+    """A scripted server that knows the device key smd_key."""
+    fake = FakeServer()
+    fake.keys.add("smd_key")
+    return fake
 
 
-def test_the_report_goes_out_gzip_compressed_with_the_device_key() -> None:
-    seen: list[httpx.Request] = []
+@pytest.fixture
+def sender(server: FakeServer) -> Iterator[Sender]:
+    """A sender talking to the scripted server over loopback."""
+    with server.running() as url:
+        talking = Sender(url, timeout=5)
+        try:
+            yield talking
+        finally:
+            talking.close()
 
-    def handler(request: httpx.Request) -> httpx.Response:
-        seen.append(request)
-        return httpx.Response(200, json={"reportId": REPORT.report_id, "duplicate": False})
 
-    with _client(httpx.MockTransport(handler)) as client:
-        delivery = post_compressed(client, "smd_key", compress(REPORT))
+def test_the_report_goes_out_gzip_compressed_with_the_device_key(
+    server: FakeServer, sender: Sender
+) -> None:
+    seen: list[dict[str, str]] = []
+    handle = server.handle
+
+    def spy(path: str, headers: dict[str, str], body: bytes) -> Answer | None:
+        seen.append(headers)
+        return handle(path, headers, body)
+
+    server.handle = spy  # type: ignore[method-assign]
+
+    delivery = post_compressed(sender, "smd_key", compress(REPORT))
 
     assert delivery.verdict == "sent" and not delivery.duplicate
-    request = seen[0]
-    assert request.url.path == "/api/monitor/connections"
-    assert request.headers["authorization"] == "Bearer smd_key"
-    assert request.headers["content-encoding"] == "gzip"
-    assert wire.decode_report(gzip.decompress(request.content)) == REPORT
+    assert server.stored == [REPORT]
+    assert seen[0]["authorization"] == "Bearer smd_key"
+    assert seen[0]["content-encoding"] == "gzip"
+    assert seen[0]["user-agent"].startswith("smartmon-agent/")
 
 
-def test_a_duplicate_counts_as_delivered() -> None:
-    transport = httpx.MockTransport(
-        lambda request: httpx.Response(200, json={"reportId": "x", "duplicate": True})
-    )
-    with _client(transport) as client:
-        delivery = post_compressed(client, "smd_key", compress(REPORT))
+def test_compress_is_gzip_of_the_wire_encoding() -> None:
+    many = [
+        wire.Connection("TCP", "10.0.0.2", port, "10.0.0.1", 443, "ESTABLISHED", bytes_in=port)
+        for port in range(1, 1_202)
+    ]
+    closed = many[:3]
+    for report in (REPORT, msgspec.structs.replace(REPORT, connections=many, closed=closed),
+                   msgspec.structs.replace(REPORT, connections=[])):  # fmt: skip
+        assert gzip.decompress(compress(report)) == wire.encode(report)
+
+
+def test_a_duplicate_counts_as_delivered(server: FakeServer, sender: Sender) -> None:
+    assert post_compressed(sender, "smd_key", compress(REPORT)).verdict == "sent"
+
+    delivery = post_compressed(sender, "smd_key", compress(REPORT))
 
     assert (delivery.verdict, delivery.duplicate) == ("sent", True)
+    assert len(server.stored) == 1
 
 
 @pytest.mark.parametrize(
@@ -69,45 +100,63 @@ def test_a_duplicate_counts_as_delivered() -> None:
         (422, "refused"),
     ],
 )
-def test_error_statuses(status: int, verdict: str) -> None:
-    body = {"error": "nope", "detail": "the server says no"}
-    transport = httpx.MockTransport(lambda request: httpx.Response(status, json=body))
-    with _client(transport) as client:
-        delivery = post_compressed(client, "smd_key", compress(REPORT))
+def test_error_statuses(server: FakeServer, sender: Sender, status: int, verdict: str) -> None:
+    server.answers = [error_answer(status, "the server says no")]
+
+    delivery = post_compressed(sender, "smd_key", compress(REPORT))
 
     assert (delivery.verdict, delivery.status) == (verdict, status)
     assert "the server says no" in delivery.reason
 
 
-def test_retry_after_is_passed_on() -> None:
-    transport = httpx.MockTransport(
-        lambda request: httpx.Response(429, headers={"retry-after": "7"}, json={})
-    )
-    with _client(transport) as client:
-        delivery = post_compressed(client, "smd_key", compress(REPORT))
+def test_retry_after_is_passed_on(server: FakeServer, sender: Sender) -> None:
+    server.answers = [error_answer(429, retry_after="7")]
+
+    delivery = post_compressed(sender, "smd_key", compress(REPORT))
 
     assert (delivery.verdict, delivery.retry_after) == ("retry", 7.0)
 
 
-@pytest.mark.parametrize(
-    "error", [httpx.ConnectError, httpx.ReadTimeout, httpx.RemoteProtocolError]
-)
-def test_no_answer_is_retried(error: type[httpx.TransportError]) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        raise error("no answer", request=request)
+def test_no_answer_is_retried(server: FakeServer, sender: Sender) -> None:
+    server.down = True
 
-    with _client(httpx.MockTransport(handler)) as client:
-        delivery = post_compressed(client, "smd_key", compress(REPORT))
+    delivery = post_compressed(sender, "smd_key", compress(REPORT))
 
     assert (delivery.verdict, delivery.status) == ("retry", None)
 
 
-def test_an_answer_that_is_not_an_ingest_result_is_retried() -> None:
-    transport = httpx.MockTransport(lambda request: httpx.Response(200, json={"hello": 1}))
-    with _client(transport) as client:
-        delivery = post_compressed(client, "smd_key", compress(REPORT))
+def test_a_refused_connection_is_retried() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    nobody = Sender(f"http://127.0.0.1:{port}")
+
+    delivery = post_compressed(nobody, "smd_key", compress(REPORT))
+
+    assert delivery.verdict == "retry" and "refused" in delivery.reason.lower()
+
+
+def test_an_answer_that_is_not_an_ingest_result_is_retried(
+    server: FakeServer, sender: Sender
+) -> None:
+    server.answers = [Answer(200, {"hello": 1})]
+
+    delivery = post_compressed(sender, "smd_key", compress(REPORT))
 
     assert delivery.verdict == "retry"
+
+
+def test_a_keep_alive_connection_the_server_closed_is_reopened(
+    server: FakeServer, sender: Sender
+) -> None:
+    server.close_idle = True  # closes after each answer without saying so
+
+    first = post_compressed(sender, "smd_key", compress(REPORT))
+    later = msgspec.structs.replace(REPORT, seq=8, report_id="1f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0")
+    second = post_compressed(sender, "smd_key", compress(later))
+
+    assert (first.verdict, second.verdict) == ("sent", "sent")
+    assert server.seqs == [7, 8]
 
 
 def test_backoff_grows_with_jitter_up_to_the_cap() -> None:

@@ -253,3 +253,5 @@ def test_the_agent_never_imports_the_server_or_the_tui(
     assert "smartmon.agent.run" in modules  # it really ran the agent
     heavy = {name for name in modules if name.split(".")[0] in {"textual", "litestar", "aiosqlite"}}
     assert heavy == set()
+    # Nor httpx: about 9 MB of resident memory the agent's budget cannot afford (sender.py).
+    assert "httpx" not in modules

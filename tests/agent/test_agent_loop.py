@@ -1,28 +1,34 @@
-"""The agent loop against a fake server: enrollment, outages, spool, errors, output."""
+"""The agent loop against a scripted server on loopback: enrollment, outages, spool, errors, output."""
 
 from __future__ import annotations
 
 import io
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from agent_fakes import FakeServer, ScriptedCollector, error_answer
 
 from smartmon.agent.delivery import Backoff
-from smartmon.agent.enroll import DeviceKeys, StoredDevice
+from smartmon.agent.enroll import DeviceKeys, StoredDevice, server_slug
 from smartmon.agent.run import QUIET, Agent, AgentExit, AgentSettings
 from smartmon.agent.spool import Spool
-from smartmon.client import Client
 from smartmon.exit_codes import ExitCode
 
-SERVER = "http://agent.test"
+
+@pytest.fixture
+def server() -> Iterator[FakeServer]:
+    """The scripted server, listening on loopback."""
+    fake = FakeServer()
+    with fake.running():
+        yield fake
 
 
-def _settings(state_dir: Path, **changes: object) -> AgentSettings:
+def _settings(state_dir: Path, server: FakeServer, **changes: object) -> AgentSettings:
     values: dict[str, object] = {
-        "server": SERVER,
+        "server": server.url,
         "device_name": "meter-1",
         "state_dir": state_dir,
         "token": "smt_enroll",
@@ -34,29 +40,21 @@ def _settings(state_dir: Path, **changes: object) -> AgentSettings:
 
 def _run(
     settings: AgentSettings,
-    server: FakeServer,
     collector: ScriptedCollector | None = None,
     log: io.StringIO | None = None,
 ) -> Agent:
     agent = Agent(
         settings,
-        client=Client(SERVER, transport=server.transport()),
         collector=collector or ScriptedCollector(),
         log=log or io.StringIO(),
         backoff=Backoff(base=0.01, cap=0.05),
     )
-    try:
-        agent.run()
-    finally:
-        if agent._client is not None:
-            agent._client.close()
+    agent.run()
     return agent
 
 
-def _spool(state_dir: Path) -> Spool:
-    from smartmon.agent.enroll import server_slug
-
-    return Spool(state_dir / "spool" / server_slug(SERVER), 64 << 20)
+def _spool(state_dir: Path, server: FakeServer) -> Spool:
+    return Spool(state_dir / "spool" / server_slug(server.url), 64 << 20)
 
 
 def _stop_after(polls: int, agent_box: list[Agent]) -> ScriptedCollector:
@@ -67,20 +65,19 @@ def _stop_after(polls: int, agent_box: list[Agent]) -> ScriptedCollector:
     return ScriptedCollector(hook)
 
 
-def test_first_run_enrolls_and_keeps_the_key_private(tmp_path: Path) -> None:
-    server = FakeServer()
+def test_first_run_enrolls_and_keeps_the_key_private(tmp_path: Path, server: FakeServer) -> None:
 
-    _run(_settings(tmp_path, once=True), server)
+    _run(_settings(tmp_path, server, once=True))
 
-    key_file = DeviceKeys(tmp_path).path(SERVER)
+    key_file = DeviceKeys(tmp_path).path(server.url)
     assert key_file.parent == tmp_path and key_file.suffix == ".json"
     assert os.stat(key_file).st_mode & 0o777 == 0o600
     stored = json.loads(key_file.read_text())
-    assert stored["deviceKey"] in server.keys and stored["server"] == SERVER
+    assert stored["deviceKey"] in server.keys and stored["server"] == server.url
     assert server.seqs == [0]
 
     # Later runs need no token.
-    _run(_settings(tmp_path, once=True, token=None), server)
+    _run(_settings(tmp_path, server, once=True, token=None))
     assert server.seqs == [0, 1]
     assert [path for _, path in server.attempts].count("/api/monitor/register") == 1
 
@@ -92,16 +89,15 @@ def test_one_key_file_per_server(tmp_path: Path) -> None:
     assert all(path.name.replace("-", "").replace(".", "").isalnum() for path in paths)
 
 
-def test_without_key_or_token_it_says_how_to_enroll(tmp_path: Path) -> None:
+def test_without_key_or_token_it_says_how_to_enroll(tmp_path: Path, server: FakeServer) -> None:
     with pytest.raises(AgentExit) as stopped:
-        _run(_settings(tmp_path, once=True, token=None), FakeServer())
+        _run(_settings(tmp_path, server, once=True, token=None))
 
     assert stopped.value.code == ExitCode.AUTH
     assert "--token" in stopped.value.message
 
 
-def test_outage_then_every_report_arrives_once_in_order(tmp_path: Path) -> None:
-    server = FakeServer()
+def test_outage_then_every_report_arrives_once_in_order(tmp_path: Path, server: FakeServer) -> None:
     server.down = True
     agent_box: list[Agent] = []
 
@@ -112,8 +108,7 @@ def test_outage_then_every_report_arrives_once_in_order(tmp_path: Path) -> None:
             agent_box[0].stop()
 
     agent = Agent(
-        _settings(tmp_path),
-        client=Client(SERVER, transport=server.transport()),
+        _settings(tmp_path, server),
         collector=ScriptedCollector(hook),
         log=io.StringIO(),
         backoff=Backoff(base=0.01, cap=0.05),
@@ -121,14 +116,15 @@ def test_outage_then_every_report_arrives_once_in_order(tmp_path: Path) -> None:
     agent_box.append(agent)
     agent.run()
 
-    waiting = [entry.seq for entry in _spool(tmp_path).reports()]
+    waiting = [entry.seq for entry in _spool(tmp_path, server).reports()]
     assert server.seqs == sorted(set(server.seqs))  # in order, none twice
     assert server.seqs + waiting == list(range(16))  # nothing lost: sent or still spooled
     assert len(server.seqs) >= 14
 
 
-def test_a_full_spool_reaches_the_server_as_dropped_reports(tmp_path: Path) -> None:
-    server = FakeServer()
+def test_a_full_spool_reaches_the_server_as_dropped_reports(
+    tmp_path: Path, server: FakeServer
+) -> None:
     server.down = True
     agent_box: list[Agent] = []
 
@@ -139,8 +135,7 @@ def test_a_full_spool_reaches_the_server_as_dropped_reports(tmp_path: Path) -> N
             agent_box[0].stop()
 
     agent = Agent(
-        _settings(tmp_path, spool_max_bytes=2_500),
-        client=Client(SERVER, transport=server.transport()),
+        _settings(tmp_path, server, spool_max_bytes=2_500),
         collector=ScriptedCollector(hook),
         log=io.StringIO(),
         backoff=Backoff(base=0.01, cap=0.05),
@@ -148,9 +143,11 @@ def test_a_full_spool_reaches_the_server_as_dropped_reports(tmp_path: Path) -> N
     agent_box.append(agent)
     agent.run()
 
-    spool = _spool(tmp_path)
-    waiting = [entry.seq for entry in spool.reports()]
-    lost = sorted(set(range(16)) - set(server.seqs) - set(waiting))
+    _run(_settings(tmp_path, server, once=True))  # delivers what the stop left behind
+
+    spool = _spool(tmp_path, server)
+    assert len(spool) == 0
+    lost = sorted(set(range(17)) - set(server.seqs))
     assert lost and lost == list(range(len(lost)))  # the oldest went first
     assert spool.dropped == len(lost)
     # Reports carry the running total, so the newest one the server has tells it all.
@@ -159,86 +156,88 @@ def test_a_full_spool_reaches_the_server_as_dropped_reports(tmp_path: Path) -> N
     assert totals == sorted(totals)
 
 
-def test_revoked_key_without_token_exits_with_auth_and_keeps_the_report(tmp_path: Path) -> None:
-    DeviceKeys(tmp_path).save(StoredDevice(SERVER, 1, "smd_revoked", "meter-1"))
+def test_revoked_key_without_token_exits_with_auth_and_keeps_the_report(
+    tmp_path: Path, server: FakeServer
+) -> None:
+    DeviceKeys(tmp_path).save(StoredDevice(server.url, 1, "smd_revoked", "meter-1"))
 
     with pytest.raises(AgentExit) as stopped:
-        _run(_settings(tmp_path, once=True, token=None), FakeServer())
+        _run(_settings(tmp_path, server, once=True, token=None))
 
     assert stopped.value.code == ExitCode.AUTH
     assert "revoked" in stopped.value.message
-    assert len(_spool(tmp_path)) == 1
+    assert len(_spool(tmp_path, server)) == 1
 
 
-def test_revoked_key_with_token_enrolls_again(tmp_path: Path) -> None:
-    DeviceKeys(tmp_path).save(StoredDevice(SERVER, 1, "smd_revoked", "meter-1"))
-    server = FakeServer()
+def test_revoked_key_with_token_enrolls_again(tmp_path: Path, server: FakeServer) -> None:
+    DeviceKeys(tmp_path).save(StoredDevice(server.url, 1, "smd_revoked", "meter-1"))
 
-    _run(_settings(tmp_path, once=True), server)
+    _run(_settings(tmp_path, server, once=True))
 
     assert server.seqs == [0]
-    saved = DeviceKeys(tmp_path).load(SERVER)
+    saved = DeviceKeys(tmp_path).load(server.url)
     assert saved is not None and saved.device_key in server.keys
 
 
-def test_a_rejected_token_exits_with_auth(tmp_path: Path) -> None:
+def test_a_rejected_token_exits_with_auth(tmp_path: Path, server: FakeServer) -> None:
     with pytest.raises(AgentExit) as stopped:
-        _run(_settings(tmp_path, once=True, token="smt_wrong"), FakeServer())
+        _run(_settings(tmp_path, server, once=True, token="smt_wrong"))
 
     assert stopped.value.code == ExitCode.AUTH
     assert "enrollment token" in stopped.value.message
 
 
-def test_once_while_unreachable_exits_3_then_delivers_both_in_order(tmp_path: Path) -> None:
-    server = FakeServer()
+def test_once_while_unreachable_exits_3_then_delivers_both_in_order(
+    tmp_path: Path, server: FakeServer
+) -> None:
     server.down = True
 
     with pytest.raises(AgentExit) as stopped:
-        _run(_settings(tmp_path, once=True), server)
+        _run(_settings(tmp_path, server, once=True))
     assert stopped.value.code == ExitCode.UNREACHABLE
     assert "kept in the spool" in stopped.value.message
-    assert len(_spool(tmp_path)) == 1
+    assert len(_spool(tmp_path, server)) == 1
 
     server.down = False
-    _run(_settings(tmp_path, once=True), server)
+    _run(_settings(tmp_path, server, once=True))
     assert server.seqs == [0, 1]
 
 
-def test_server_errors_are_retried_and_retry_after_is_honoured(tmp_path: Path) -> None:
-    server = FakeServer()
-    _run(_settings(tmp_path, once=True), server)  # enrolled
+def test_server_errors_are_retried_and_retry_after_is_honoured(
+    tmp_path: Path, server: FakeServer
+) -> None:
+    _run(_settings(tmp_path, server, once=True))  # enrolled
     server.attempts.clear()
     server.answers = [error_answer(503), error_answer(429, retry_after="0.3")]
 
-    _run(_settings(tmp_path, once=True), server)
+    _run(_settings(tmp_path, server, once=True))
 
     times = [at for at, _ in server.attempts]
     assert len(times) == 3 and server.seqs == [0, 1]
     assert times[2] - times[1] >= 0.3
 
 
-def test_a_refused_report_is_dropped_counted_and_not_retried(tmp_path: Path) -> None:
-    server = FakeServer()
-    _run(_settings(tmp_path, once=True), server)
+def test_a_refused_report_is_dropped_counted_and_not_retried(
+    tmp_path: Path, server: FakeServer
+) -> None:
+    _run(_settings(tmp_path, server, once=True))
     server.answers = [error_answer(422, "bad report")]
     log = io.StringIO()
 
-    _run(_settings(tmp_path, once=True), server, log=log)
-    _run(_settings(tmp_path, once=True), server)
+    _run(_settings(tmp_path, server, once=True), log=log)
+    _run(_settings(tmp_path, server, once=True))
 
     assert server.seqs == [0, 2]
     assert [report.dropped_reports for report in server.stored] == [0, 1]
     assert "refused report 1" in log.getvalue()
 
 
-def test_dry_run_prints_the_report_and_touches_nothing(tmp_path: Path) -> None:
-    server = FakeServer()
+def test_dry_run_prints_the_report_and_touches_nothing(tmp_path: Path, server: FakeServer) -> None:
     out = io.StringIO()
     state_dir = tmp_path / "state"
 
     Agent(
-        _settings(state_dir, dry_run=True, token=None),
-        client=Client(SERVER, transport=server.transport()),
+        _settings(state_dir, server, dry_run=True, token=None),
         collector=ScriptedCollector(),
         out=out,
     ).run()
@@ -249,12 +248,11 @@ def test_dry_run_prints_the_report_and_touches_nothing(tmp_path: Path) -> None:
     assert server.attempts == [] and not state_dir.exists()
 
 
-def test_one_line_per_cycle_and_none_when_quiet(tmp_path: Path) -> None:
+def test_one_line_per_cycle_and_none_when_quiet(tmp_path: Path, server: FakeServer) -> None:
     agent_box: list[Agent] = []
     log = io.StringIO()
     agent = Agent(
-        _settings(tmp_path / "a"),
-        client=Client(SERVER, transport=FakeServer().transport()),
+        _settings(tmp_path / "a", server),
         collector=_stop_after(4, agent_box),
         log=log,
     )
@@ -270,8 +268,7 @@ def test_one_line_per_cycle_and_none_when_quiet(tmp_path: Path) -> None:
     quiet_box: list[Agent] = []
     quiet_log = io.StringIO()
     quiet = Agent(
-        _settings(tmp_path / "b", verbosity=QUIET),
-        client=Client(SERVER, transport=FakeServer().transport()),
+        _settings(tmp_path / "b", server, verbosity=QUIET),
         collector=_stop_after(3, quiet_box),
         log=quiet_log,
     )

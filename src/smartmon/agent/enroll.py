@@ -12,7 +12,7 @@ from pathlib import Path
 import msgspec
 
 from smartmon import __version__, wire
-from smartmon.client import Client
+from smartmon.agent.sender import Sender
 
 
 class StoredDevice(wire.Struct):
@@ -81,16 +81,15 @@ class DeviceKeys:
             self.path(server).unlink()
 
 
-def enroll(client: Client, token: str, device_name: str) -> StoredDevice:
-    """Register this device with an enrollment or access token; raises ClientError."""
+def enroll(sender: Sender, token: str, device_name: str) -> StoredDevice:
+    """Register this device with an enrollment or access token; raises SendError."""
     hostname, system = agent_identity()
     registration = wire.DeviceRegistration(
         device_name=device_name, hostname=hostname, os=system, agent_version=__version__
     )
-    answer = client.send(Client.register_device(token, registration))
-    credentials = msgspec.convert(answer, wire.DeviceCredentials)
+    credentials = sender.enroll(token, registration)
     return StoredDevice(
-        server=client.base_url,
+        server=sender.base_url,
         device_id=credentials.device_id,
         device_key=credentials.device_key,
         device_name=device_name,

@@ -32,8 +32,8 @@ from smartmon.agent.collect import (
 )
 from smartmon.agent.delivery import Backoff, Delivery, compress, post_compressed
 from smartmon.agent.enroll import DeviceKeys, StoredDevice, agent_identity, enroll, server_slug
+from smartmon.agent.sender import BadAnswer, Refused, Sender, Unreachable
 from smartmon.agent.spool import Spool
-from smartmon.client import ApiError, Client, ServerUnreachable
 from smartmon.exit_codes import ExitCode
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1
@@ -109,14 +109,14 @@ class Agent:
         self,
         settings: AgentSettings,
         *,
-        client: Client | None = None,
+        sender: Sender | None = None,
         collector: Collector | None = None,
         log: TextIO | None = None,
         out: TextIO | None = None,
         backoff: Backoff | None = None,
     ) -> None:
         self.settings = settings
-        self._client = client
+        self._sender = sender
         self._collector = collector
         self._log = log or sys.stderr
         self._out = out or sys.stdout
@@ -142,21 +142,21 @@ class Agent:
         self._device = self._stored_device()
         spool = self._open_spool()
         collector = self._open_collector(close_events=not self.settings.once)
-        client = self._client or Client(self.settings.server)
+        sender = self._sender or Sender(self.settings.server)
         previous = self._install_signal_handlers()
         try:
             if self.settings.once:
-                self._run_once(collector, client, spool)
+                self._run_once(collector, sender, spool)
             else:
-                self._run_forever(collector, client, spool)
+                self._run_forever(collector, sender, spool)
         except _Stopped:
             pass
         finally:
             self._restore_signal_handlers(previous)
             if self._collector is None:
                 collector.close()
-            if self._client is None:
-                client.close()
+            if self._sender is None:
+                sender.close()
         if self._stopping:
             self._say(f"stopped; {len(spool)} report(s) kept in the spool", NORMAL)
 
@@ -172,7 +172,7 @@ class Agent:
 
     # ---- the loops ----------------------------------------------------------------------
 
-    def _run_forever(self, collector: Collector, client: Client, spool: Spool) -> None:
+    def _run_forever(self, collector: Collector, sender: Sender, spool: Spool) -> None:
         interval = self.settings.interval_s
         info = agent_info(collector)
         self._say(
@@ -188,19 +188,19 @@ class Agent:
                 # After a stall (suspend, slow disk) start afresh rather than catch up.
                 next_collect = max(next_collect + interval, now + interval / 2)
                 if now >= self._next_send:
-                    self._drain(client, spool, until=next_collect)
+                    self._drain(sender, spool, until=next_collect)
                 self._report_cycle(collected, spool)
             elif len(spool) and now >= self._next_send:
-                self._drain(client, spool, until=next_collect)
+                self._drain(sender, spool, until=next_collect)
             wake = next_collect
             if len(spool):
                 wake = min(wake, max(self._next_send, time.monotonic()))
             self._wait(wake - time.monotonic())
 
-    def _run_once(self, collector: Collector, client: Client, spool: Spool) -> None:
+    def _run_once(self, collector: Collector, sender: Sender, spool: Spool) -> None:
         self._collect_into_spool(collector, spool, agent_info(collector))
         for attempt in range(1, ONCE_ATTEMPTS + 1):
-            self._drain(client, spool, until=float("inf"))
+            self._drain(sender, spool, until=float("inf"))
             if not len(spool):
                 self._say(f"sent {self._sent} report(s) to {self.settings.server}", NORMAL)
                 return
@@ -236,18 +236,18 @@ class Agent:
 
     # ---- deliver ------------------------------------------------------------------------
 
-    def _drain(self, client: Client, spool: Spool, *, until: float) -> None:
+    def _drain(self, sender: Sender, spool: Spool, *, until: float) -> None:
         """Send spooled reports oldest first until empty, a failure, or `until`."""
         enrolled_now = False
         while (entry := spool.oldest()) is not None:
             device = self._device
             if device is None:
-                device = self._enroll(client)
+                device = self._enroll(sender)
                 if device is None:
                     return
                 enrolled_now = True
             with self._interruptible_section():
-                delivery = post_compressed(client, device.device_key, entry.read())
+                delivery = post_compressed(sender, device.device_key, entry.read())
             if delivery.verdict == "sent":
                 spool.remove(entry)
                 self._sent += 1
@@ -293,16 +293,16 @@ class Agent:
         self._keys.forget(server)
         self._device = None
 
-    def _enroll(self, client: Client) -> StoredDevice | None:
+    def _enroll(self, sender: Sender) -> StoredDevice | None:
         token = self.settings.token
         assert token is not None  # _stored_device() exits when there is neither key nor token
         try:
             with self._interruptible_section():
-                device = enroll(client, token, self.settings.device_name)
-        except ServerUnreachable as exc:
+                device = enroll(sender, token, self.settings.device_name)
+        except Unreachable as exc:
             self._retry_later(Delivery("retry", exc.reason))
             return None
-        except ApiError as exc:
+        except Refused as exc:
             if exc.status in (401, 403):
                 raise AgentExit(
                     ExitCode.AUTH,
@@ -323,10 +323,8 @@ class Agent:
                 ExitCode.REJECTED,
                 f"{self.settings.server} refused to enroll this device: {exc.detail}",
             ) from None
-        except msgspec.ValidationError as exc:
-            raise AgentExit(
-                ExitCode.ERROR, f"{self.settings.server} answered the enrollment oddly: {exc}"
-            ) from None
+        except BadAnswer as exc:
+            raise AgentExit(ExitCode.ERROR, str(exc)) from None
         path = self._keys.save(device)
         self._device = device
         self._say(
