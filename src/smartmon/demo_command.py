@@ -27,7 +27,7 @@ def demo(
         Path | None,
         typer.Option(
             "--data-dir",
-            help="Where the demo keeps its data  [default: $XDG_DATA_HOME/smartmon/demo]",
+            help="Where the demo keeps its data (default: $XDG_DATA_HOME/smartmon/demo).",
             show_default=False,
             file_okay=False,
         ),

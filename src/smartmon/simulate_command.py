@@ -45,7 +45,7 @@ def simulate(
         typer.Option(
             "--server",
             "-s",
-            help="Server URL [env: SMARTMON_SERVER, MONITOR_SERVER_URL; default: the saved login's]",
+            help="Server URL (env: SMARTMON_SERVER, MONITOR_SERVER_URL; default: the saved login's).",
             show_default=False,
         ),
     ] = None,
@@ -54,14 +54,14 @@ def simulate(
         typer.Option(
             "--token",
             help="Enrollment token (smt_...) or access token "
-            "[default: a new enrollment token made with the saved login]",
+            "(default: a new enrollment token made with the saved login).",
             show_default=False,
         ),
     ] = None,
     duration: Annotated[
         float | None,
         typer.Option(
-            "--duration", min=0.1, help="Stop after this many seconds [default: until Ctrl+C]"
+            "--duration", min=0.1, help="Stop after this many seconds (default: run until Ctrl+C)."
         ),
     ] = None,
     seed: Annotated[
@@ -69,7 +69,7 @@ def simulate(
         typer.Option(
             "--seed",
             min=0,
-            help="Same seed, same devices, connections and counters [default: random]",
+            help="Same seed, same devices, connections and counters (default: random).",
         ),
     ] = None,
 ) -> None:
