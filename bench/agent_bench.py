@@ -48,20 +48,20 @@ class Plan:
     repeats: int
     cpu_size: int
     cpu_cycles: int
-    rss_size: int
-    rss_cycles: int
+    rss_runs: tuple[tuple[int, int], ...]  # (connections, cycles)
     churn_rate: int
     churn_seconds: float
 
     @classmethod
     def full(cls) -> Plan:
         """The figures recorded in docs/benchmarks.md (a few minutes)."""
-        return cls((1_000, 10_000), 11, 1_000, 100, 10_000, 1_000, 1_000, 10.0)
+        # 5,000 loopback connections are the 10,000 sockets the memory target speaks of.
+        return cls((1_000, 10_000), 11, 1_000, 100, ((5_000, 1_000), (10_000, 30)), 1_000, 10.0)
 
     @classmethod
     def quick(cls) -> Plan:
         """Small sizes, seconds: what the test suite runs so the benchmark never rots."""
-        return cls((200,), 3, 200, 5, 200, 20, 200, 1.0)
+        return cls((200,), 3, 200, 5, ((200, 20),), 200, 1.0)
 
 
 @dataclass
@@ -299,9 +299,14 @@ def bench_cpu(plan: Plan, results: Results) -> None:
 
 
 def bench_memory(plan: Plan, results: Results) -> None:
-    """Resident memory of an agent process at rss_size connections, and growth over cycles."""
-    with established(plan.rss_size):
-        child = _child("agent-rss", str(plan.rss_cycles))
+    """Resident memory of an agent process, and its growth over many cycles."""
+    for size, cycles in plan.rss_runs:
+        _memory_at(size, cycles, results)
+
+
+def _memory_at(size: int, cycles: int, results: Results) -> None:
+    with established(size):
+        child = _child("agent-rss", str(cycles))
         output, _ = child.communicate(timeout=600)
     measured = json.loads(output)
     samples = {int(cycle): rss for cycle, rss in measured["samples"].items()}
@@ -309,18 +314,18 @@ def bench_memory(plan: Plan, results: Results) -> None:
     settled = samples.get(10, first)
     mib = 1 / 2**20
     results.add(
-        f"agent RSS at {plan.rss_size:,} connections ({measured['sockets']:,} sockets)",
+        f"agent RSS at {size:,} connections ({measured['sockets']:,} sockets)",
         f"{measured['peak'] * mib:.1f} MiB peak",
         f"bare interpreter {measured['bare'] * mib:.1f} MiB",
         f"{measured['peak'] / measured['bare']:.2f}",
-        rss_peak_mib=measured["peak"] * mib,
+        **{f"rss_peak_mib_{size}": measured["peak"] * mib},
     )
     results.add(
         f"  RSS growth from cycle 10 to cycle {max(samples):,}",
         f"{(last - settled) * mib:+.2f} MiB",
         f"after cycle 1 {first * mib:.1f} MiB",
         "-",
-        rss_growth_mib=(last - settled) * mib,
+        **{f"rss_growth_mib_{size}": (last - settled) * mib},
     )
 
 
