@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/smartmon serve
+	$(BIN)/smartmon demo
 
 serve: $(STAMP)
 	$(BIN)/smartmon serve

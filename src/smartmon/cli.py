@@ -30,14 +30,14 @@ ServerOption = Annotated[
     typer.Option(
         "--server",
         "-s",
-        help="Server URL [env: SMARTMON_SERVER, MONITOR_SERVER_URL; default: the saved login's]",
+        help="Server URL (env SMARTMON_SERVER or MONITOR_SERVER_URL; default: the saved login's).",
     ),
 ]
 AccessTokenOption = Annotated[
     str | None,
     typer.Option(
         "--token",
-        help="Access token to use instead of the saved login [env: SMARTMON_ACCESS_TOKEN]",
+        help="Access token to use instead of the saved login (env SMARTMON_ACCESS_TOKEN).",
         show_default=False,
     ),
 ]
@@ -128,7 +128,7 @@ def serve(
         Path | None,
         typer.Option(
             envvar="SMARTMON_DATA_DIR",
-            help="Where smartmon.db and jwt-secret live [default: $XDG_DATA_HOME/smartmon]",
+            help="Where smartmon.db and jwt-secret live (default: $XDG_DATA_HOME/smartmon).",
         ),
     ] = None,
     open_registration: Annotated[
