@@ -368,9 +368,9 @@ class DeviceScreen(Screen[None]):
             self.traffic.popleft()
         ins = [float(s[1] or 0) for s in self.traffic]
         outs = [float(s[2] or 0) for s in self.traffic]
-        self.query_one("#spark-in", Sparkline).data = ins or [0.0]
-        self.query_one("#spark-out", Sparkline).data = outs or [0.0]
         unknown = bool(self.traffic) and all(s[1] is None for s in self.traffic)
+        self.query_one("#spark-in", Sparkline).data = [] if unknown else ins or [0.0]
+        self.query_one("#spark-out", Sparkline).data = [] if unknown else outs or [0.0]
         for which, values in (("in", ins), ("out", outs)):
             total = (
                 "no counters"
