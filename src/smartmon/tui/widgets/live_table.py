@@ -388,16 +388,24 @@ class LiveTable(ScrollView, Generic[K, R], can_focus=True):
         When the rows on screen are the same as `before` (the change happened off screen),
         nothing is redrawn: with 10,000 rows most changes are off screen.
         """
+        top = self.scroll_offset.y
         size = Size(self._total_width(), len(self._order) + 1)
         if size != self.virtual_size:
             self.virtual_size = size
         self.set_reactive(LiveTable.cursor_row, max(0, min(cursor, len(self._order) - 1)))
         self._scroll_rows(self.cursor_row - screen_offset)
         self._keep_cursor_visible()
-        if before is None or before != self._visible_keys():
+        after = self._visible_keys()
+        scrolled = self.scroll_offset.y != top
+        top = self.scroll_offset.y
+        if before is None or len(before) != len(after) or scrolled:
             self.refresh()
+        elif before != after:  # only the lines between the first and last difference
+            first = next(i for i, (a, b) in enumerate(zip(before, after, strict=True)) if a != b)
+            last = next(i for i in range(len(after) - 1, -1, -1) if before[i] != after[i])
+            self.refresh_lines(top + first + 1, last - first + 1)
         elif key is not None and key in before:
-            self._refresh_row(self.scroll_offset.y + before.index(key))
+            self._refresh_row(top + before.index(key))
 
     # ---- cursor and scrolling ---------------------------------------------------------------
 
