@@ -128,7 +128,7 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
         name = ERROR_NAMES.get(status, "error")
         if status == 413:
             detail = "the request body is too large"
-        elif status == 400 and "malformed" in detail.lower():
+        elif status == 400 and ("malformed" in detail.lower() or "truncated" in detail.lower()):
             name, detail = "malformed_json", "the request body is not valid JSON"
         return _response(status, ErrorBody(name, detail), exc.headers)
     if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
