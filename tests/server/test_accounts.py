@@ -119,7 +119,8 @@ def test_malformed_json_is_400(shared_server: LiveServer, raw: bytes) -> None:
         r = shared_server.request(
             "POST", path, token, content=raw, headers={"content-type": "application/json"}
         )
-        assert_error(r, 400)
+        body = assert_error(r, 400)
+        assert body["error"] == ("malformed_json" if raw else "missing_body"), body
     assert snapshot(shared_server.data_dir) == before
 
 
