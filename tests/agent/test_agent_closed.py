@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import socket
 
-from agent_sockets import Key, Sockets, abort, key_of, linux_only, move_bytes, wait_for
+from agent_sockets import Key, Sockets, abort, by_key, key_of, linux_only, move_bytes, wait_for
 
 from smartmon import wire
 from smartmon.agent.collect import Collector
+from smartmon.agent.netlink import NetlinkCollector
 
 pytestmark = linux_only
 
@@ -102,3 +104,23 @@ def test_sockets_never_bound_are_not_reported(netlink: Collector) -> None:
 
     assert all(c.source_port or c.dest_port for c in closed)
     assert next(c for c in closed if c.key == bound_key).state == "UNCONN"
+
+
+def test_destroy_events_work_with_descriptors_above_1024(owned: Sockets) -> None:
+    # select() cannot wait on descriptors above 1024; busy processes have them.
+    filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+    try:
+        collector = NetlinkCollector()
+    finally:
+        for fd in filler:
+            os.close(fd)
+    try:
+        collector.poll()
+        _, client, server = owned.pair()
+        key = key_of(client)
+        client.close()
+        server.close()
+        closed: list[wire.Connection] = []
+        assert wait_for(lambda: bool(closed.extend(collector.poll()[1])) or key in by_key(closed))
+    finally:
+        collector.close()

@@ -41,6 +41,8 @@ from smartmon.agent.sockdiag import (
 # owner of a closed socket.
 _Known = dict[int, tuple[int, int, wire.Connection, wire.Connection | None]]
 _ATTRIBUTES_AT = NLMSGHDR_SIZE + 72
+# TIME_WAIT and request sockets are not full sockets: the kernel has no tcp_info for them.
+_WITHOUT_TCP_INFO = frozenset({6, 12})
 # msgspec's C-level shallow copy, without __post_init__ (the typing stubs do not list it).
 _copy: Callable[[wire.Connection], wire.Connection] = wire.Connection.__copy__  # type: ignore[attr-defined]
 
@@ -190,7 +192,7 @@ class NetlinkCollector:
                     if inode:
                         fresh.append((inode, connection))
                 known[cookie] = entry
-                if tcp:
+                if tcp and state not in _WITHOUT_TCP_INFO:
                     at = offset + info_at
                     if (
                         info_at

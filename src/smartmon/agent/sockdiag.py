@@ -300,10 +300,14 @@ class DestroyListener:
         return closed
 
     def _read(self) -> None:
-        waiting = [self._socket, self._wake_reader]
+        # poll, not select: select fails on descriptors above 1024, common in busy processes.
+        waiting = select.poll()
+        waiting.register(self._socket, select.POLLIN)
+        waiting.register(self._wake_reader, select.POLLIN)
+        wake = self._wake_reader.fileno()
         while True:
-            ready, _, _ = select.select(waiting, [], [])
-            if self._wake_reader in ready:
+            ready = waiting.poll()
+            if any(fd == wake for fd, _ in ready):
                 return
             try:
                 data = self._socket.recv(_RECV_BUFFER)
