@@ -117,3 +117,62 @@ async def test_the_server_going_away_and_coming_back(live_server: LiveServer) ->
         )
         meter.send([conn("192.0.2.1", 443), conn("192.0.2.2", 443, source_port=2)])
         await until(pilot, lambda: table.cell_text(0, "connections") == "2", "live updates again")
+
+
+async def test_a_failing_request_is_a_notification_not_a_crash(live_server: LiveServer) -> None:
+    Reporter(live_server, "meter").send([conn("192.0.2.1", 443)])
+    app = logged_in_app(live_server)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(
+            pilot,
+            lambda: isinstance(app.screen, DashboardScreen) and len(app.screen.table) == 1,
+            "devices",
+        )
+        live_server.stop()
+        await pilot.press("r")  # reload over REST while the server is down
+        await until(
+            pilot,
+            lambda: any("Cannot reach" in str(n.message) for n in app._notifications),
+            "a notification",
+        )
+        assert app.is_running and len(app.screen.table) == 1
+        await pilot.press("enter")  # the device screen's REST load fails the same way
+        await until(
+            pilot,
+            lambda: sum("Cannot reach" in str(n.message) for n in app._notifications) >= 2,
+            "another",
+        )
+        assert app.is_running
+
+
+async def test_help_screen_and_command_palette(live_server: LiveServer) -> None:
+    Reporter(live_server, "meter").send([conn("192.0.2.1", 443)])
+    app = logged_in_app(live_server)
+    async with app.run_test(size=SIZE) as pilot:
+        await until(
+            pilot,
+            lambda: isinstance(app.screen, DashboardScreen) and len(app.screen.table) == 1,
+            "devices",
+        )
+        await pilot.press("question_mark")
+        await until(
+            pilot, lambda: "filter by name, owner, IP or status" in screen_text(app), "the help"
+        )
+        await pilot.press("escape")
+        assert isinstance(app.screen, DashboardScreen)
+        titles = [c.title for c in app.get_system_commands(app.screen)]
+        for expected in ("Open device", "Filter devices", "Sort by Conns", "Export devices", "Add device", "Reload", "Help", "Log out"):  # fmt: skip
+            assert expected in titles, expected
+        await pilot.press("ctrl+p")
+        await pilot.press(*"sort by owner")
+        await until(pilot, lambda: "Sort by Owner" in screen_text(app), "the palette entry")
+        await pilot.press("enter")
+        await until(
+            pilot,
+            lambda: (
+                isinstance(app.screen, DashboardScreen) and app.screen.table.sort_column == "owner"
+            ),
+            "sorted",
+        )
+        await pilot.press("q")
+        await until(pilot, lambda: not app.is_running, "quit")

@@ -15,6 +15,7 @@ from textual.app import ComposeResult, SystemCommand
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Static
+from textual.worker import Worker
 
 from smartmon import api
 from smartmon.client import AsyncClient
@@ -94,6 +95,10 @@ class DashboardScreen(Screen[None]):
         self.show_feed_state(self.smartmon.feed_state)
         self.set_interval(1.0, self.table.refresh_visible)
 
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """Worker messages do not bubble: failures go to the app's one handler."""
+        self.smartmon.on_worker_state_changed(event)
+
     # ---- live data ----------------------------------------------------------------------------
 
     def apply_events(self, events: list[api.StreamEvent]) -> None:
@@ -159,7 +164,7 @@ class DashboardScreen(Screen[None]):
             )
         )
 
-    @work(exclusive=True, group="enrollment-token")
+    @work(exclusive=True, group="enrollment-token", exit_on_error=False)
     async def create_enrollment_token(self) -> None:
         """A fresh enrollment token for the empty state."""
         session = self.smartmon.session
@@ -255,7 +260,7 @@ class DashboardScreen(Screen[None]):
         """Reload the fleet over REST."""
         self.reload()
 
-    @work(exclusive=True, group="reload-fleet")
+    @work(exclusive=True, group="reload-fleet", exit_on_error=False)
     async def reload(self) -> None:
         """Load every device and the stats over REST (after a resync event, or on `r`)."""
         session = self.smartmon.session
@@ -290,7 +295,7 @@ class DashboardScreen(Screen[None]):
         """Show the agent command with a fresh enrollment token."""
         self.connect_device()
 
-    @work(exclusive=True, group="enrollment-token")
+    @work(exclusive=True, group="enrollment-token", exit_on_error=False)
     async def connect_device(self) -> None:
         """Create a token and show the command that enrolls a device with it."""
         from smartmon.tui.screens.connect import ConnectDeviceScreen

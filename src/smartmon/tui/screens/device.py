@@ -18,6 +18,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Select, Sparkline, Static, TabbedContent, TabPane
+from textual.worker import Worker
 
 from smartmon import api, wire
 from smartmon.client import AsyncClient
@@ -182,9 +183,13 @@ class DeviceScreen(Screen[None]):
         if feed is not None and feed.polling:
             self.load()
 
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """Worker messages do not bubble: failures go to the app's one handler."""
+        self.smartmon.on_worker_state_changed(event)
+
     # ---- loading ------------------------------------------------------------------------------
 
-    @work(exclusive=True, group="device-load")
+    @work(exclusive=True, group="device-load", exit_on_error=False)
     async def load(self) -> None:
         """Load the device (connections, traffic, destinations) over REST."""
         session = self.smartmon.session
@@ -208,7 +213,7 @@ class DeviceScreen(Screen[None]):
         self.destinations_stale = False
         self.destinations_loaded_at = time.monotonic()
 
-    @work(exclusive=True, group="device-destinations")
+    @work(exclusive=True, group="device-destinations", exit_on_error=False)
     async def load_destinations(self) -> None:
         """Reload the destinations (they change with every connection event)."""
         session = self.smartmon.session
@@ -220,7 +225,7 @@ class DeviceScreen(Screen[None]):
         self._show_destinations(detail.destinations)
         self._show_count()
 
-    @work(exclusive=True, group="device-history")
+    @work(exclusive=True, group="device-history", exit_on_error=False)
     async def load_history(self) -> None:
         """Load closed connections (newest first)."""
         session = self.smartmon.session
