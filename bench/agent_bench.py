@@ -151,8 +151,10 @@ def role_churn(rate: float, seconds: float) -> None:
 def role_agent_rss(cycles: int) -> None:
     """Child: what `smartmon agent` holds in memory, cycle after cycle; prints JSON."""
     before_imports = _rss_bytes()
-    import smartmon.agent.command  # the command's imports count too
-    import smartmon.agent.sender  # noqa: F401
+    # What `smartmon agent` loads: the CLI, the command, the sender.
+    import smartmon.agent.command
+    import smartmon.agent.sender
+    import smartmon.cli  # noqa: F401
     from smartmon.agent.collect import open_collector
     from smartmon.agent.delivery import compress
     from smartmon.agent.run import agent_info, build_report

@@ -179,6 +179,53 @@ def test_outage_over_several_intervals_then_every_report_once_and_in_order(
     assert seqs == list(range(len(seqs)))  # each once, in order, none missing
 
 
+def _dropped_reports(server: LiveServer, device_name: str) -> int:
+    database = sqlite3.connect(f"file:{server.data_dir / 'smartmon.db'}?mode=ro", uri=True)
+    try:
+        row = database.execute(
+            "SELECT dropped_reports FROM devices WHERE name = ?", (device_name,)
+        ).fetchone()
+    finally:
+        database.close()
+    return int(row[0])
+
+
+def _spool_drops(spool_dir: Path) -> int:
+    # Read the counter file, not Spool(): opening a spool cleans up the running agent's
+    # half-written files.
+    try:
+        return int((spool_dir / "dropped").read_bytes() or b"0")
+    except FileNotFoundError:
+        return 0
+
+
+def test_a_full_spool_drops_the_oldest_and_the_server_learns_how_many(
+    live_server: LiveServer, agent_env: dict[str, str]
+) -> None:
+    token = live_server.enrollment_token()
+    args = ("--token", token, "--server", live_server.url, "--device", "bounded")
+    spool_dir = _spool_dir(agent_env, live_server)
+    # 1 kB holds less than one report: during the outage only the newest is kept.
+    with _running_agent(
+        *args, "--interval", "0.3", "--spool-max-mb", "0.001", env=agent_env
+    ) as agent:
+        assert wait_for(lambda: len(_seqs(live_server, "bounded")) >= 1, timeout=20)
+        live_server.stop()
+        assert wait_for(lambda: _spool_drops(spool_dir) >= 3, timeout=20)
+        assert len(list(spool_dir.glob("*.json.gz"))) == 1
+        live_server.start()
+        assert wait_for(lambda: _dropped_reports(live_server, "bounded") >= 3, timeout=40)
+        agent.send_signal(signal.SIGTERM)
+        agent.communicate(timeout=30)
+    assert run_agent("--once", "--server", live_server.url, "--device", "bounded",
+                     env=agent_env).returncode == 0  # fmt: skip
+
+    seqs = _seqs(live_server, "bounded")
+    assert seqs == sorted(seqs) and len(seqs) == len(set(seqs))
+    never_arrived = set(range(seqs[-1] + 1)) - set(seqs)
+    assert never_arrived and _dropped_reports(live_server, "bounded") == len(never_arrived)
+
+
 def test_kill_9_during_an_outage_loses_nothing(
     live_server: LiveServer, agent_env: dict[str, str]
 ) -> None:

@@ -57,7 +57,7 @@ def agent(
         typer.Option(
             "--device",
             envvar=["SMARTMON_DEVICE_NAME", "MONITOR_DEVICE_NAME"],
-            help="Device name shown on the dashboard.  [default: the hostname]",
+            help="Device name shown on the dashboard (default: the hostname).",
             show_default=False,
         ),
     ] = None,
@@ -65,8 +65,8 @@ def agent(
         str | None,
         typer.Option(
             "--server",
-            help="Server URL.  [env: SMARTMON_SERVER, MONITOR_SERVER_URL; "
-            "default: http://127.0.0.1:8000]",
+            help="Server URL (env SMARTMON_SERVER or MONITOR_SERVER_URL; "
+            "default http://127.0.0.1:8000).",
             show_default=False,
         ),
     ] = None,
@@ -119,7 +119,14 @@ def agent(
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Log only errors.")] = False,
 ) -> None:
-    """Collect every TCP/UDP connection of this device and report it to the server."""
+    """Collect every TCP/UDP connection of this device and report it to the server.
+
+    The first run enrolls with --token; later runs use the saved device key.
+
+    Reports wait in an on-disk spool (state dir) while the server is away.
+
+    Exit codes: 2 usage, 3 unreachable (--once), 4 key revoked or token refused, 6 config.
+    """
     if verbose and quiet:
         raise _fail(ExitCode.USAGE, "choose one of --verbose and --quiet")
     server_url = resolve_server(server)
