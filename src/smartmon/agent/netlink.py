@@ -156,8 +156,8 @@ class NetlinkCollector:
         tcp = protocol == socket.IPPROTO_TCP
         info_at = self._info_at
         while True:
-            data = diag.receive()
-            offset, size = 0, len(data)
+            data, size = diag.receive()
+            offset = 0
             while offset + NLMSGHDR_SIZE <= size:
                 if offset + MESSAGE_HEAD.size <= size:
                     length, kind, state, cookie, inode = head(data, offset)
@@ -212,7 +212,7 @@ class NetlinkCollector:
 
     @staticmethod
     def _read_counters_slowly(
-        data: bytes, offset: int, end: int, connection: wire.Connection, info_at: int
+        data: bytearray, offset: int, end: int, connection: wire.Connection, info_at: int
     ) -> int:
         """Walk the attributes for INET_DIAG_INFO; returns where it was, for the next one.
 

@@ -114,7 +114,7 @@ class _AddressText:
 
 
 def connection_from(
-    data: bytes, offset: int, protocol: int, address_text: _AddressText
+    data: bytes | bytearray, offset: int, protocol: int, address_text: _AddressText
 ) -> tuple[int, int, wire.Connection] | None:
     """(cookie, inode, Connection) from the inet_diag_msg at `offset`; no counters yet."""
     family, state, sport, dport, src, dst, cookie, inode = _DIAG_MSG.unpack_from(data, offset)
@@ -138,7 +138,7 @@ def connection_from(
     return cookie, inode, connection
 
 
-def find_attribute(data: bytes, start: int, end: int, wanted: int) -> int | None:
+def find_attribute(data: bytes | bytearray, start: int, end: int, wanted: int) -> int | None:
     """Offset of the first rtattr of type `wanted` between start and end."""
     while start + 4 <= end:
         length, kind = _RTATTR.unpack_from(data, start)
@@ -150,7 +150,7 @@ def find_attribute(data: bytes, start: int, end: int, wanted: int) -> int | None
     return None
 
 
-def read_counters(data: bytes, info: int, end: int) -> tuple[int, int, int, int] | None:
+def read_counters(data: bytes | bytearray, info: int, end: int) -> tuple[int, int, int, int] | None:
     """(bytes in, bytes out, packets in, packets out) from the INET_DIAG_INFO rtattr at `info`."""
     if info + TCP_INFO_COUNTERS.size > end:
         return None
@@ -165,7 +165,7 @@ def read_counters(data: bytes, info: int, end: int) -> tuple[int, int, int, int]
 
 
 def parse_diag_message(
-    data: bytes, offset: int, end: int, protocol: int, address_text: _AddressText
+    data: bytes | bytearray, offset: int, end: int, protocol: int, address_text: _AddressText
 ) -> tuple[int, int, wire.Connection] | None:
     """(cookie, inode, Connection with counters) from one message payload; None if not a socket."""
     attributes = offset + DIAG_MSG_SIZE
@@ -188,10 +188,9 @@ def parse_diag_message(
     return parsed
 
 
-def iter_messages(data: bytes) -> Iterator[tuple[int, int, int]]:
-    """(type, payload offset, payload end) of each netlink message in one datagram."""
+def iter_messages(data: bytes | bytearray, size: int) -> Iterator[tuple[int, int, int]]:
+    """(type, payload offset, payload end) of each netlink message in data[:size]."""
     offset = 0
-    size = len(data)
     while offset + _NLMSGHDR.size <= size:
         length, kind, _flags, _seq, _pid = _NLMSGHDR.unpack_from(data, offset)
         if length < _NLMSGHDR.size:
@@ -200,7 +199,7 @@ def iter_messages(data: bytes) -> Iterator[tuple[int, int, int]]:
         offset += (length + 3) & ~3
 
 
-def error_of(data: bytes, payload: int) -> int:
+def error_of(data: bytes | bytearray, payload: int) -> int:
     """The errno of an NLMSG_ERROR message (0 is an acknowledgement)."""
     (negative_errno,) = _ERRNO.unpack_from(data, payload)
     return int(-negative_errno)
@@ -219,6 +218,7 @@ class SockDiag:
         except OSError as exc:
             raise NetlinkUnavailable(f"cannot open a sock_diag socket: {exc.strerror}") from exc
         self._sequence = 0
+        self._buffer = bytearray(_RECV_BUFFER)
         self.address_text = _AddressText()
 
     def request(self, family: int, protocol: int) -> None:
@@ -226,9 +226,14 @@ class SockDiag:
         self._sequence += 1
         self._socket.send(_dump_request(family, protocol, self._sequence))
 
-    def receive(self) -> bytes:
-        """The next datagram of the dump: many messages, the last ending in NLMSG_DONE."""
-        return self._socket.recv(_RECV_BUFFER)
+    def receive(self) -> tuple[bytearray, int]:
+        """The next datagram of the dump (many messages, the last one NLMSG_DONE), read
+        into a buffer reused by every call, and its length.
+
+        Reusing one buffer matters: a fresh 256 KiB bytes object per datagram fragments
+        the heap and makes the resident size creep up poll after poll.
+        """
+        return self._buffer, self._socket.recv_into(self._buffer)
 
     def dump(self, family: int, protocol: int) -> list[tuple[int, int, wire.Connection]]:
         """Every socket of one family and protocol as (cookie, inode, Connection): the plain
@@ -236,8 +241,8 @@ class SockDiag:
         self.request(family, protocol)
         found: list[tuple[int, int, wire.Connection]] = []
         while True:
-            data = self.receive()
-            for kind, start, end in iter_messages(data):
+            data, size = self.receive()
+            for kind, start, end in iter_messages(data, size):
                 if kind == NLMSG_DONE:
                     return found
                 if kind == NLMSG_ERROR:
@@ -305,22 +310,23 @@ class DestroyListener:
         waiting.register(self._socket, select.POLLIN)
         waiting.register(self._wake_reader, select.POLLIN)
         wake = self._wake_reader.fileno()
+        buffer = bytearray(_RECV_BUFFER)  # reused: see SockDiag.receive
         while True:
             ready = waiting.poll()
             if any(fd == wake for fd, _ in ready):
                 return
             try:
-                data = self._socket.recv(_RECV_BUFFER)
+                size = self._socket.recv_into(buffer)
             except OSError:
                 # ENOBUFS: the kernel dropped events because the buffer overflowed.
                 with self._lock:
                     self.lost += 1
                 continue
-            self._record(data)
+            self._record(buffer, size)
 
-    def _record(self, data: bytes) -> None:
+    def _record(self, data: bytearray, size: int) -> None:
         batch: list[tuple[int, wire.Connection]] = []
-        for kind, start, end in iter_messages(data):
+        for kind, start, end in iter_messages(data, size):
             if kind != SOCK_DIAG_BY_FAMILY:
                 continue
             try:
