@@ -217,22 +217,24 @@ class _Client:
         await self.socket.send_text(data.decode())
 
     async def pump(self, subscriber: FlaggingSubscriber) -> None:
-        """Forward events from the hub; on overflow, a resync instead of the backlog."""
+        """Forward events from the hub; after an overflow, a resync instead of the backlog."""
         async for payload in subscriber.iter_events():
+            if not subscriber.overflowed:
+                event = api.decode_event(payload)
+                if isinstance(event, api.DeviceEvent):
+                    self.devices[event.device.id] = event.device
+                    self.stats_dirty = True
+                elif isinstance(event, api.DeviceRemovedEvent):
+                    self.devices.pop(event.device_id, None)
+                    self.stats_dirty = True
+                await self.send(payload)
+            # events were dropped while this client was slow (checked after every send,
+            # since nothing more may arrive to wake this loop)
             if subscriber.overflowed:
                 subscriber.drain()
                 await self.load()
                 await self.send(api.ResyncEvent(reason="the client fell behind; reload everything"))
                 self.stats_dirty = True
-                continue
-            event = api.decode_event(payload)
-            if isinstance(event, api.DeviceEvent):
-                self.devices[event.device.id] = event.device
-                self.stats_dirty = True
-            elif isinstance(event, api.DeviceRemovedEvent):
-                self.devices.pop(event.device_id, None)
-                self.stats_dirty = True
-            await self.send(payload)
 
     async def listen(self) -> None:
         """Take subscription requests; only the caller's devices can be subscribed to."""

@@ -79,6 +79,9 @@ async def register_device(
 
     device_id, old_key = await server.db.write(enroll)
     server.forget_key(old_key)
+    enrolled = await store.device_row(server.db, device_id)
+    if enrolled is not None:  # dashboards show a new device before its first report
+        server.hub.device_changed(store.device_out(enrolled, time.time()), enrolled["user_id"])
     return wire.DeviceCredentials(device_id=device_id, device_key=key)
 
 
