@@ -24,9 +24,7 @@ from tests.server.conftest import conn, report
 def open_stream(server: LiveServer, token: str | None) -> ClientConnection:
     headers = {"authorization": f"Bearer {token}"} if token else {}
     url = server.url.replace("http://", "ws://") + "/api/stream"
-    return connect(
-        url, additional_headers=headers, open_timeout=10, max_size=None, max_queue=max_queue
-    )
+    return connect(url, additional_headers=headers, open_timeout=10, max_size=None)
 
 
 def next_event(
