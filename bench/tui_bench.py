@@ -257,7 +257,7 @@ async def measure_post_to_screen(devices: int, samples: int) -> dict[str, list[f
                             connections=4,
                             total=len(background),
                             rate=100,
-                        )  # fmt: skip
+                        )
                     )
 
             app = SmartmonApp(
