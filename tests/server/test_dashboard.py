@@ -106,8 +106,8 @@ def test_admins_see_all_users_their_own(live_server: LiveServer, fleet: dict[str
     assert detail(live_server, fleet["b_device"])["deviceName"] == "bob-meter"
 
 
-@pytest.fixture
-def busy(live_server: LiveServer) -> tuple[int, str]:
+def make_busy(live_server: LiveServer) -> tuple[int, str]:
+    """A device with TCP and UDP, listening and connected sockets, one closed connection."""
     device_id, key = live_server.enroll("busy")
     t0 = time.time()
     first = [
@@ -136,6 +136,21 @@ def busy(live_server: LiveServer) -> tuple[int, str]:
     return device_id, key
 
 
+@pytest.fixture
+def busy(live_server: LiveServer) -> tuple[int, str]:
+    return make_busy(live_server)
+
+
+_busy: dict[str, tuple[int, str]] = {}
+
+
+@pytest.fixture
+def shared_busy(shared_server: LiveServer) -> tuple[int, str]:
+    if shared_server.url not in _busy:
+        _busy[shared_server.url] = make_busy(shared_server)
+    return _busy[shared_server.url]
+
+
 @pytest.mark.parametrize(
     ("params", "expected"),
     [
@@ -159,10 +174,13 @@ def busy(live_server: LiveServer) -> tuple[int, str]:
     ],
 )
 def test_detail_filters(
-    live_server: LiveServer, busy: tuple[int, str], params: dict[str, str], expected: set[int]
+    shared_server: LiveServer,
+    shared_busy: tuple[int, str],
+    params: dict[str, str],
+    expected: set[int],
 ) -> None:
-    device_id, _ = busy
-    data = detail(live_server, device_id, **params)
+    device_id, _ = shared_busy
+    data = detail(shared_server, device_id, **params)
     assert {c["sourcePort"] for c in data["connections"]} == expected
     assert data["matchedConnections"] == len(expected)
     for c in data["connections"]:

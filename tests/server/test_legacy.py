@@ -24,13 +24,28 @@ def legacy_post(server: LiveServer, token: str, **fields: Any) -> Any:
     return server.request("POST", "/api/monitor/connections", json=body)
 
 
-@pytest.fixture
-def legacy(live_server: LiveServer) -> tuple[str, int]:
+def make_legacy(server: LiveServer) -> tuple[str, int]:
     """A prototype agent's login token and the device it registered."""
-    token = live_server.user_token("proto")
-    r = legacy_register(live_server, token, "Smart Meter 1")
+    token = server.user_token("proto")
+    r = legacy_register(server, token, "Smart Meter 1")
     assert r.status_code == 200, r.text  # the prototype treats anything but 200 as failure
     return token, int(r.json()["deviceId"])
+
+
+@pytest.fixture
+def legacy(live_server: LiveServer) -> tuple[str, int]:
+    return make_legacy(live_server)
+
+
+_shared: dict[str, tuple[str, int]] = {}
+
+
+@pytest.fixture
+def shared_legacy(shared_server: LiveServer) -> tuple[str, int]:
+    """make_legacy on the module's shared server (for tests that change nothing)."""
+    if shared_server.url not in _shared:
+        _shared[shared_server.url] = make_legacy(shared_server)
+    return _shared[shared_server.url]
 
 
 def test_register_and_post_connections(live_server: LiveServer, legacy: tuple[str, int]) -> None:
@@ -126,13 +141,15 @@ def test_same_user_and_name_is_the_same_device_as_the_new_agent(live_server: Liv
         "",
     ],
 )
-def test_forged_token_is_401(live_server: LiveServer, legacy: tuple[str, int], forged: str) -> None:
-    token, _device_id = legacy
-    assert legacy_post(live_server, token).status_code == 200
-    before = snapshot(live_server.data_dir)
-    assert_error(legacy_post(live_server, forged, sourcePort=6666), 401)
-    assert_error(legacy_register(live_server, forged, "Smart Meter 2"), 401)
-    assert snapshot(live_server.data_dir) == before
+def test_forged_token_is_401(
+    shared_server: LiveServer, shared_legacy: tuple[str, int], forged: str
+) -> None:
+    token, _device_id = shared_legacy
+    assert legacy_post(shared_server, token).status_code == 200
+    before = snapshot(shared_server.data_dir)
+    assert_error(legacy_post(shared_server, forged, sourcePort=6666), 401)
+    assert_error(legacy_register(shared_server, forged, "Smart Meter 2"), 401)
+    assert snapshot(shared_server.data_dir) == before
 
 
 def test_logged_out_or_disabled_token_stops_working(
@@ -176,13 +193,13 @@ def test_post_before_register_is_refused(live_server: LiveServer) -> None:
     ],
 )
 def test_bad_legacy_connection_is_422(
-    live_server: LiveServer, legacy: tuple[str, int], change: dict[str, Any], field: str
+    shared_server: LiveServer, shared_legacy: tuple[str, int], change: dict[str, Any], field: str
 ) -> None:
-    token, _device_id = legacy
-    assert legacy_post(live_server, token).status_code == 200
-    before = snapshot(live_server.data_dir)
-    assert_error(legacy_post(live_server, token, **change), 422, field)
-    assert snapshot(live_server.data_dir) == before
+    token, _device_id = shared_legacy
+    assert legacy_post(shared_server, token).status_code == 200
+    before = snapshot(shared_server.data_dir)
+    assert_error(legacy_post(shared_server, token, **change), 422, field)
+    assert snapshot(shared_server.data_dir) == before
 
 
 def test_login_token_is_not_stored(live_server: LiveServer, legacy: tuple[str, int]) -> None:
