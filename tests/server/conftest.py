@@ -141,7 +141,7 @@ def snapshot(data_dir: Path) -> dict[str, list[tuple[Any, ...]]]:
             )
         ]
         return {
-            table: sorted(db.execute(f"SELECT * FROM {table}").fetchall(), key=repr)  # noqa: S608
+            table: sorted(db.execute(f"SELECT * FROM {table}").fetchall(), key=repr)
             for table in tables
         }
 

@@ -29,7 +29,7 @@ def device_tables(server: LiveServer) -> list[str]:
 def rows_of(server: LiveServer, device_id: int) -> dict[str, int]:
     counts = {}
     for table in device_tables(server):
-        query = f"SELECT count(*) FROM {table} WHERE device_id = ?"  # noqa: S608
+        query = f"SELECT count(*) FROM {table} WHERE device_id = ?"
         counts[table] = sql(server.data_dir, query, (device_id,))[0][0]
     return counts
 
