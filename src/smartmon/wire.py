@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
@@ -15,6 +16,7 @@ import msgspec
 from msgspec import Meta
 
 MAX_CONNECTIONS_PER_REPORT = 100_000
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{4}-?[0-9a-fA-F]{12}\Z"
 
 Port = Annotated[int, Meta(ge=0, le=65535)]
 Counter = Annotated[int, Meta(ge=0, le=2**63 - 1)]
@@ -140,9 +142,10 @@ class InterfaceTotals(Struct):
 class Report(Struct):
     """One batched report from an agent (POST /api/monitor/connections)."""
 
-    report_id: Annotated[str, Meta(pattern=r"^[0-9a-fA-F-]{32,36}$")]
+    # a UUID, hyphens optional; \Z because $ would also accept a trailing newline
+    report_id: Annotated[str, Meta(pattern=UUID_PATTERN)]
     seq: Annotated[int, Meta(ge=0, le=2**63 - 1)]
-    collected_at: datetime
+    collected_at: Annotated[datetime, Meta(tz=True)]  # the device's clock, with its offset
     interval_s: Annotated[float, Meta(gt=0, le=86_400)]
     agent: AgentInfo = msgspec.field(default_factory=AgentInfo)
     interfaces: InterfaceTotals | None = None
@@ -153,6 +156,10 @@ class Report(Struct):
         msgspec.field(default_factory=list)
     )
     dropped_reports: Counter = 0
+
+    def __post_init__(self) -> None:
+        # one spelling per UUID, so a retry in another spelling is still a duplicate
+        self.report_id = str(uuid.UUID(self.report_id))
 
 
 class DeviceRegistration(Struct):

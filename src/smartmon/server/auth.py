@@ -7,7 +7,7 @@ import hashlib
 import secrets
 import time
 import uuid
-from collections import defaultdict, deque
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,30 +122,41 @@ class LoginLimiter:
 
     attempts: int = 10
     window_s: float = 15 * 60
-    _by_address: dict[str, deque[float]] = field(default_factory=lambda: defaultdict(deque))
-    _by_user: dict[str, deque[tuple[float, str]]] = field(
-        default_factory=lambda: defaultdict(deque)
-    )
+    _by_address: dict[str, deque[float]] = field(default_factory=dict)
+    _by_user: dict[str, deque[tuple[float, str]]] = field(default_factory=dict)
+    _swept_at: float = 0.0
 
-    def _trim(self, now: float) -> None:
+    def _trim(self, now: float, username: str, address: str) -> None:
+        """Expire old failures of these keys; every minute, of all keys (bounded work)."""
         horizon = now - self.window_s
-        for table in (self._by_address, self._by_user):
-            for key in list(table):
-                entries = table[key]
+        tables: list[tuple[dict[str, Any], list[str]]] = [
+            (self._by_address, [address]),
+            (self._by_user, [username]),
+        ]
+        if now - self._swept_at > 60:
+            self._swept_at = now
+            tables = [
+                (self._by_address, list(self._by_address)),
+                (self._by_user, list(self._by_user)),
+            ]
+        for table, keys in tables:
+            for key in keys:
+                entries = table.get(key)
                 while entries and _stamp(entries[0]) <= horizon:
                     entries.popleft()
-                if not entries:
+                if entries is not None and not entries:
                     del table[key]
 
     def retry_after(self, username: str, address: str, now: float | None = None) -> float | None:
         """Seconds until this attempt may be made, or None when it may be made now."""
         now = time.monotonic() if now is None else now
-        self._trim(now)
+        username = username.lower()
+        self._trim(now, username, address)
         waits: list[float] = []
         by_address = self._by_address.get(address)
         if by_address is not None and len(by_address) >= self.attempts:
             waits.append(by_address[-self.attempts] + self.window_s - now)
-        by_user = self._by_user.get(username.lower())
+        by_user = self._by_user.get(username)
         if (
             by_user is not None
             and len(by_user) >= self.attempts
@@ -157,8 +168,12 @@ class LoginLimiter:
     def failed(self, username: str, address: str, now: float | None = None) -> None:
         """Record one failed login."""
         now = time.monotonic() if now is None else now
-        self._by_address[address].append(now)
-        self._by_user[username.lower()].append((now, address))
+        # bounded: an address is refused after `attempts` failures, and a username keeps
+        # only its most recent failures (enough to know which addresses took part)
+        self._by_address.setdefault(address, deque(maxlen=self.attempts * 2)).append(now)
+        self._by_user.setdefault(username.lower(), deque(maxlen=self.attempts * 20)).append(
+            (now, address)
+        )
 
 
 def _stamp(entry: float | tuple[float, str]) -> float:
