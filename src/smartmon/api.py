@@ -60,7 +60,7 @@ class LoginResult(Struct):
     access_token: str
     expires_at: datetime
     user: UserOut
-    token_type: str = "bearer"
+    token_type: str = "bearer"  # noqa: S105 - the OAuth token type, not a secret
     success: bool = True
 
 
