@@ -157,8 +157,7 @@ def role_agent_rss(cycles: int) -> None:
     import smartmon.agent.sender
     import smartmon.cli  # noqa: F401
     from smartmon.agent.collect import open_collector
-    from smartmon.agent.delivery import compress
-    from smartmon.agent.run import agent_info, build_report
+    from smartmon.agent.report import agent_info, build_report, compress
 
     collector = open_collector("auto")
     info = agent_info(collector)
@@ -276,8 +275,7 @@ def bench_collect(plan: Plan, results: Results) -> None:
 def bench_cpu(plan: Plan, results: Results) -> None:
     """CPU of one agent cycle (collect + encode + gzip) as a share of one core per 10 s."""
     from smartmon.agent.collect import open_collector
-    from smartmon.agent.delivery import compress
-    from smartmon.agent.run import agent_info, build_report
+    from smartmon.agent.report import agent_info, build_report, compress
 
     with established(plan.cpu_size):
         collector = open_collector("auto")

@@ -13,7 +13,8 @@ import pytest
 from agent_fakes import Answer, FakeServer, error_answer
 
 from smartmon import wire
-from smartmon.agent.delivery import BACKOFF_CAP_S, Backoff, compress, post_compressed
+from smartmon.agent.delivery import BACKOFF_CAP_S, Backoff, post_compressed
+from smartmon.agent.report import compress
 from smartmon.agent.sender import Sender
 
 REPORT = wire.Report(

@@ -7,24 +7,15 @@ Retry on no answer (refused, timeout, DNS), 5xx and 429 (honouring Retry-After);
 from __future__ import annotations
 
 import random
-import zlib
 from dataclasses import dataclass
 from typing import Literal
 
-import msgspec
-
-from smartmon import wire
 from smartmon.agent.sender import BadAnswer, Refused, Sender, Unreachable
 
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 30.0
 # A server asking for more than this is probably confused; don't go silent for hours.
 RETRY_AFTER_MAX_S = 600.0
-GZIP_LEVEL = 6
-_GZIP_WBITS = 31  # zlib's gzip container
-_ENCODE_SLICE = 500
-_ENCODER = msgspec.json.Encoder()
-_EMPTY_LISTS = b',"connections":[],"closed":[],'
 _AUTH_STATUSES = frozenset({401, 403})
 
 Verdict = Literal["sent", "retry", "auth", "refused"]
@@ -39,33 +30,6 @@ class Delivery:
     retry_after: float | None = None
     duplicate: bool = False
     status: int | None = None
-
-
-def compress(report: wire.Report) -> bytes:
-    """The report as gzip-compressed JSON, as it is spooled and sent.
-
-    Byte for byte `gzip(wire.encode(report))`, but the connection lists are encoded a slice
-    at a time into one reused buffer: the whole JSON (about 250 bytes a connection) is never
-    in memory at once, which matters on small devices with many sockets.
-    """
-    shell = msgspec.structs.replace(report, connections=[], closed=[])
-    head = wire.encode(shell)
-    prefix, suffix = head.split(_EMPTY_LISTS, 1)
-    gzipper = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
-    parts = [gzipper.compress(prefix), gzipper.compress(b',"connections":[')]
-    buffer = bytearray()
-    for name, connections in ((b"", report.connections), (b'],"closed":[', report.closed)):
-        if name:
-            parts.append(gzipper.compress(name))
-        for start in range(0, len(connections), _ENCODE_SLICE):
-            _ENCODER.encode_into(connections[start : start + _ENCODE_SLICE], buffer)
-            if start:
-                parts.append(gzipper.compress(b","))
-            parts.append(gzipper.compress(memoryview(buffer)[1:-1]))
-    parts.append(gzipper.compress(b"],"))
-    parts.append(gzipper.compress(suffix))
-    parts.append(gzipper.flush())
-    return b"".join(parts)
 
 
 def post_compressed(sender: Sender, device_key: str, body: bytes) -> Delivery:

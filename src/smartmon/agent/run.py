@@ -11,27 +11,21 @@ from __future__ import annotations
 import signal
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import FrameType
 from typing import TextIO
 
 import msgspec
 
-from smartmon import __version__, wire
-from smartmon.agent.collect import (
-    Collector,
-    CollectorError,
-    CollectorKind,
-    interface_totals,
-    open_collector,
-)
-from smartmon.agent.delivery import Backoff, Delivery, compress, post_compressed
-from smartmon.agent.enroll import DeviceKeys, StoredDevice, agent_identity, enroll, server_slug
+from smartmon import wire
+from smartmon.agent.collect import Collector, CollectorError, CollectorKind, open_collector
+from smartmon.agent.delivery import Backoff, Delivery, post_compressed
+from smartmon.agent.enroll import DeviceKeys, StoredDevice, enroll, server_slug
+from smartmon.agent.report import agent_info, build_report, compress
 from smartmon.agent.sender import BadAnswer, Refused, Sender, Unreachable
 from smartmon.agent.spool import Spool
 from smartmon.exit_codes import ExitCode
@@ -68,38 +62,6 @@ class AgentExit(Exception):
 
 class _Stopped(BaseException):
     """Raised by the signal handler to cut a wait or a request short."""
-
-
-def build_report(
-    collector: Collector,
-    *,
-    seq: int,
-    interval_s: float,
-    dropped_reports: int = 0,
-    agent: wire.AgentInfo | None = None,
-) -> wire.Report:
-    """Poll the collector once and wrap the result in a Report with a fresh reportId."""
-    connections, closed = collector.poll()
-    limit = wire.MAX_CONNECTIONS_PER_REPORT
-    return wire.Report(
-        report_id=str(uuid.uuid4()),
-        seq=seq,
-        collected_at=datetime.now(UTC),
-        interval_s=interval_s,
-        agent=agent or agent_info(collector),
-        interfaces=interface_totals(),
-        connections=connections[:limit],
-        closed=closed[:limit],
-        dropped_reports=dropped_reports,
-    )
-
-
-def agent_info(collector: Collector) -> wire.AgentInfo:
-    """Who this agent is and what its collector can see."""
-    hostname, system = agent_identity()
-    return wire.AgentInfo(
-        version=__version__, os=system, hostname=hostname, capabilities=collector.capabilities
-    )
 
 
 class Agent:
