@@ -1,7 +1,7 @@
 """Collection: the portable psutil collector, the choice of collector, interface totals.
 
 A collector's `poll()` returns (connections now, connections closed since the last poll).
-The netlink collector (sockdiag.py) is preferred on Linux; psutil works everywhere but has
+The netlink collector (netlink.py) is preferred on Linux; psutil works everywhere but has
 no per-connection counters (they stay null) and sees only what is open at poll time.
 """
 
@@ -11,6 +11,7 @@ import socket
 import sys
 from typing import Any, Literal, Protocol
 
+import msgspec
 import psutil
 
 from smartmon import wire
@@ -71,22 +72,8 @@ class ClosedByDifference:
 
 
 def _as_closed(last: wire.Connection) -> wire.Connection:
-    state = "CLOSE" if last.protocol == "TCP" else last.state
-    return wire.Connection(
-        last.protocol,
-        last.source_ip,
-        last.source_port,
-        last.dest_ip,
-        last.dest_port,
-        state,
-        family=last.family,
-        pid=last.pid,
-        process=last.process,
-        bytes_in=last.bytes_in,
-        bytes_out=last.bytes_out,
-        packets_in=last.packets_in,
-        packets_out=last.packets_out,
-    )
+    # A TCP socket that is gone is closed; UDP has only its two states.
+    return msgspec.structs.replace(last, state="CLOSE") if last.protocol == "TCP" else last
 
 
 class PsutilCollector:
@@ -210,7 +197,7 @@ def interface_totals() -> wire.InterfaceTotals:
 
 
 def _loopback_interfaces() -> set[str]:
-    names = {name for name in _LOOPBACK_NAMES}
+    names = set(_LOOPBACK_NAMES)
     try:
         stats = psutil.net_if_stats()
     except (OSError, RuntimeError):

@@ -186,8 +186,7 @@ class NetlinkCollector:
                         offset += (length + 3) & ~3
                         continue
                     connection = parsed[2]
-                    before = previous.get(cookie)
-                    held = connection if inode else (before[3] if before is not None else None)
+                    held = connection if inode else (entry[3] if entry is not None else None)
                     entry = (state, inode, connection, held)
                     if inode:
                         fresh.append((inode, connection))
