@@ -275,3 +275,19 @@ def test_one_line_per_cycle_and_none_when_quiet(tmp_path: Path, server: FakeServ
     quiet_box.append(quiet)
     quiet.run()
     assert quiet_log.getvalue() == ""
+
+
+def test_a_second_agent_on_the_same_spool_refuses_to_start(
+    tmp_path: Path, server: FakeServer
+) -> None:
+    running = Spool(tmp_path / "spool" / server_slug(server.url), 1 << 20, exclusive=True)
+    try:
+        with pytest.raises(AgentExit) as stopped:
+            _run(_settings(tmp_path, server, once=True))
+    finally:
+        running.close()
+
+    assert stopped.value.code == ExitCode.CONFIG
+    assert "another agent" in stopped.value.message
+    _run(_settings(tmp_path, server, once=True))  # free again once the first one is gone
+    assert server.seqs == [0]

@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +27,7 @@ from smartmon.agent.delivery import Backoff, Delivery, post_compressed
 from smartmon.agent.enroll import DeviceKeys, StoredDevice, enroll, server_slug
 from smartmon.agent.report import agent_info, build_report, compress
 from smartmon.agent.sender import BadAnswer, Refused, Sender, Unreachable
-from smartmon.agent.spool import Spool
+from smartmon.agent.spool import Spool, SpoolBusy
 from smartmon.exit_codes import ExitCode
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1
@@ -102,23 +102,23 @@ class Agent:
             self._dry_run()
             return
         self._device = self._stored_device()
-        spool = self._open_spool()
-        collector = self._open_collector(close_events=not self.settings.once)
-        sender = self._sender or Sender(self.settings.server)
-        previous = self._install_signal_handlers()
-        try:
-            if self.settings.once:
-                self._run_once(collector, sender, spool)
-            else:
-                self._run_forever(collector, sender, spool)
-        except _Stopped:
-            pass
-        finally:
-            self._restore_signal_handlers(previous)
+        with ExitStack() as cleanup:
+            spool = self._open_spool()
+            cleanup.callback(spool.close)
+            collector = self._open_collector(close_events=not self.settings.once)
             if self._collector is None:
-                collector.close()
+                cleanup.callback(collector.close)
+            sender = self._sender or Sender(self.settings.server)
             if self._sender is None:
-                sender.close()
+                cleanup.callback(sender.close)
+            cleanup.callback(self._restore_signal_handlers, self._install_signal_handlers())
+            try:
+                if self.settings.once:
+                    self._run_once(collector, sender, spool)
+                else:
+                    self._run_forever(collector, sender, spool)
+            except _Stopped:
+                pass
         if self._stopping:
             self._say(f"stopped; {len(spool)} report(s) kept in the spool", NORMAL)
 
@@ -314,7 +314,9 @@ class Agent:
     def _open_spool(self) -> Spool:
         directory = self.settings.state_dir / "spool" / server_slug(self.settings.server)
         try:
-            return Spool(directory, self.settings.spool_max_bytes)
+            return Spool(directory, self.settings.spool_max_bytes, exclusive=True)
+        except SpoolBusy as exc:
+            raise AgentExit(ExitCode.CONFIG, str(exc)) from None
         except OSError as exc:
             raise AgentExit(
                 ExitCode.CONFIG, f"cannot use the spool in {directory}: {exc}"

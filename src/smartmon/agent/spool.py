@@ -21,6 +21,11 @@ _REPORT_NAME = re.compile(r"^(\d{20})\.json\.gz$")
 _TEMPORARY_SUFFIX = ".tmp"
 _DROPPED_FILE = "dropped"
 _SEQ_FILE = "seq"
+_LOCK_FILE = "lock"
+
+
+class SpoolBusy(OSError):
+    """Another agent is using this spool."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,11 +65,14 @@ def _read_int(path: Path) -> int:
 class Spool:
     """Reports on disk, oldest first, bounded by max_bytes; drops the oldest when full."""
 
-    def __init__(self, directory: Path, max_bytes: int, *, sync: bool = True) -> None:
+    def __init__(
+        self, directory: Path, max_bytes: int, *, sync: bool = True, exclusive: bool = False
+    ) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
         self._sync = sync
         directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock_fd = self._lock() if exclusive else None
         self._entries: deque[SpooledReport] = deque()
         self.bytes = 0
         self._load()
@@ -73,19 +81,40 @@ class Spool:
         newest = self._entries[-1].seq + 1 if self._entries else 0
         self._next_seq = max(_read_int(directory / _SEQ_FILE), newest)
 
+    def _lock(self) -> int | None:
+        # Two agents on one spool would send each other's reports and reuse seq numbers.
+        # flock is released by the kernel however the holder dies, kill -9 included.
+        try:
+            import fcntl
+        except ImportError:  # Windows
+            return None
+        fd = os.open(self.directory / _LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise SpoolBusy(f"another agent is using {self.directory}") from None
+        return fd
+
+    def close(self) -> None:
+        """Let another agent use the spool."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
     def _load(self) -> None:
         found: list[SpooledReport] = []
-        for entry in os.scandir(self.directory):
-            if entry.name.endswith(_TEMPORARY_SUFFIX):
-                # Left by a crash in the middle of a write: the report was never complete.
-                with contextlib.suppress(OSError):
-                    os.unlink(entry.path)
-                continue
-            match = _REPORT_NAME.match(entry.name)
-            if match is None:
-                continue
-            size = entry.stat().st_size
-            found.append(SpooledReport(int(match[1]), size, Path(entry.path)))
+        with os.scandir(self.directory) as entries:
+            for entry in entries:
+                if entry.name.endswith(_TEMPORARY_SUFFIX):
+                    # Left by a crash in the middle of a write: never a complete report.
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+                    continue
+                match = _REPORT_NAME.match(entry.name)
+                if match is not None:
+                    size = entry.stat().st_size
+                    found.append(SpooledReport(int(match[1]), size, Path(entry.path)))
         found.sort(key=lambda report: report.seq)
         self._entries.extend(found)
         self.bytes = sum(report.size for report in found)
