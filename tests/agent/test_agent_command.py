@@ -97,6 +97,22 @@ def test_smartmon_names_beat_the_prototype_names_and_flags_beat_both(
     assert from_flags.interval_s == 7.0
 
 
+def test_the_saved_login_names_the_server_when_nothing_else_does(
+    captured: list[run.AgentSettings],
+) -> None:
+    from smartmon import credentials
+
+    credentials.save(credentials.Login("http://fleet.example:8000", "ops", "access-token"))
+
+    _invoke()
+    _invoke(env={"MONITOR_SERVER_URL": "http://env.example:1"})
+
+    assert [settings.server for settings in captured] == [
+        "http://fleet.example:8000",
+        "http://env.example:1",
+    ]
+
+
 def test_every_option(captured: list[run.AgentSettings], tmp_path: Path) -> None:
     code, _ = _invoke(
         "--once", "--dry-run", "--state-dir", str(tmp_path), "--spool-max-mb", "0.5",

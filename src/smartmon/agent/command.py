@@ -65,8 +65,8 @@ def agent(
         str | None,
         typer.Option(
             "--server",
-            help="Server URL (env SMARTMON_SERVER or MONITOR_SERVER_URL; "
-            "default http://127.0.0.1:8000).",
+            help="Server URL (env SMARTMON_SERVER or MONITOR_SERVER_URL; default: the saved "
+            "login's, else http://127.0.0.1:8000).",
             show_default=False,
         ),
     ] = None,
@@ -129,7 +129,9 @@ def agent(
     """
     if verbose and quiet:
         raise _fail(ExitCode.USAGE, "choose one of --verbose and --quiet")
-    server_url = resolve_server(server)
+    from smartmon import credentials
+
+    server_url = resolve_server(server, credentials.last_server())
     _check_server_url(server_url)
     device_name = (device or socket.gethostname() or "device").strip()[:128]
     if not device_name:
