@@ -35,6 +35,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench.report import Figure, Section
+
 DOC = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 SECTION_TITLE = "## Agent"
 CYCLE_INTERVAL_S = 10.0
@@ -508,6 +510,40 @@ def run(plan: Plan) -> Results:
     bench_memory(plan, results)
     bench_churn(plan, results)
     return results
+
+
+def section(quick: bool) -> Section:
+    """The agent benchmark for the suite runner (`python -m bench`)."""
+    plan = Plan.quick() if quick else Plan.full()
+    results = run(plan)
+    f = results.figures
+    figures = [
+        Figure(
+            f"agent collect() at {size:,} connections (median)", f[f"collect_ms_{size}"], "ms",
+            "ss -tuna", f[f"ss_ms_{size}"], "ratio <= 1.0", f[f"collect_ms_{size}"] <= f[f"ss_ms_{size}"],
+        )
+        for size in plan.sizes
+    ] + [
+        Figure(
+            f"agent CPU per 10 s cycle at {plan.cpu_size:,} connections", f["cpu_share_percent"],
+            "% of a core", target="<= 0.2%", ok=f["cpu_share_percent"] <= 0.2,
+        ),
+    ] + [
+        Figure(
+            f"agent RSS peak at {size:,} connections", f[f"rss_peak_mib_{size}"] * 1.048576, "MB",
+            target="<= 40 MB" if size >= 5_000 else "", ok=f[f"rss_peak_mib_{size}"] * 1.048576 <= 40
+            if size >= 5_000 else None,
+        )
+        for size, _ in plan.rss_runs
+    ] + [
+        Figure(
+            "short-lived TCP connections captured", 100 * f["capture_agent"], "%",
+            "psutil polled every second", 100 * f["capture_psutil"], ">= 99%", f["capture_agent"] >= 0.99,
+        ),
+    ]  # fmt: skip
+    body = render(results, "python -m bench.agent_bench" + (" --quick" if quick else ""))
+    details = body.split("\n", 2)[2]  # the rendered section without its title line
+    return Section("Agent", "python -m bench.agent_bench", figures, details)
 
 
 def main() -> None:
