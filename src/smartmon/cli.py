@@ -8,12 +8,12 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
 from smartmon import __version__
-from smartmon.exit_codes import ExitCode
+from smartmon.exit_codes import ExitCode, fail
 
 app = typer.Typer(
     name="smartmon",
@@ -41,12 +41,6 @@ AccessTokenOption = Annotated[
         show_default=False,
     ),
 ]
-
-
-def fail(message: str, code: ExitCode = ExitCode.ERROR) -> NoReturn:
-    """One readable line on stderr, then the documented exit code."""
-    typer.echo(f"smartmon: {message}", err=True)
-    raise typer.Exit(int(code))
 
 
 @contextlib.contextmanager

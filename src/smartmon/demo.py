@@ -36,7 +36,7 @@ import httpx
 
 from smartmon import credentials
 from smartmon.client import ApiError, Client, ClientError
-from smartmon.exit_codes import ExitCode
+from smartmon.exit_codes import CommandError, ExitCode
 from smartmon.simulate import Fleet, FleetError, FleetStatus
 
 DEMO_USERNAME = "demo"
@@ -50,13 +50,8 @@ STATUS_EVERY_S = 30.0
 _PR_SET_PDEATHSIG = 1
 
 
-class DemoError(Exception):
+class DemoError(CommandError):
     """The demo cannot start or go on: a documented exit code and one line saying why."""
-
-    def __init__(self, code: ExitCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from smartmon.exit_codes import ExitCode
+from smartmon.exit_codes import ExitCode, fail
 from smartmon.settings import data_dir as default_data_dir
 
 
@@ -45,14 +44,14 @@ def demo(
     try:
         code = run(settings)
     except DemoError as exc:
-        print(f"smartmon demo: {exc.message}", file=sys.stderr, flush=True)
-        raise typer.Exit(int(exc.code)) from None
+        fail(exc.message, exc.code, prog="smartmon demo")
     except KeyboardInterrupt:  # Ctrl+C while starting: everything started was stopped
         raise typer.Exit(int(ExitCode.OK)) from None
     except OSError as exc:
-        print(
-            f"smartmon demo: {exc.strerror or exc} ({exc.filename or directory})", file=sys.stderr
+        fail(
+            f"{exc.strerror or exc} ({exc.filename or directory})",
+            ExitCode.CONFIG,
+            prog="smartmon demo",
         )
-        raise typer.Exit(int(ExitCode.CONFIG)) from None
     if code:
         raise typer.Exit(code)

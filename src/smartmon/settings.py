@@ -49,6 +49,20 @@ def normalise_server_url(url: str) -> str:
     return url
 
 
+def server_url_problem(url: str) -> str | None:
+    """Why a server URL cannot work, or None when it looks usable."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+    except ValueError as exc:
+        return f"{url!r} is not a valid server URL: {exc}"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{url!r} is not a valid server URL (want http://host:port)"
+    return None
+
+
 def resolve_server(flag: str | None, saved: str | None = None) -> str:
     """--server > SMARTMON_SERVER > MONITOR_SERVER_URL > the saved login's > the default."""
     chosen = flag or env_first("SMARTMON_SERVER", "MONITOR_SERVER_URL") or saved or DEFAULT_SERVER

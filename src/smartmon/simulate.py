@@ -27,7 +27,7 @@ import httpx
 
 from smartmon import __version__, wire
 from smartmon.client import ApiError, AsyncClient, ServerUnreachable
-from smartmon.exit_codes import ExitCode
+from smartmon.exit_codes import CommandError, ExitCode
 
 Kind = Literal["meter", "gateway"]
 
@@ -424,13 +424,8 @@ class DeviceModel:
 # ---- the fleet ------------------------------------------------------------------------------
 
 
-class FleetError(Exception):
+class FleetError(CommandError):
     """The fleet cannot go on: a documented exit code and one line saying why."""
-
-    def __init__(self, code: ExitCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 @dataclass(frozen=True)

@@ -8,26 +8,9 @@ from typing import Annotated
 
 import typer
 
-from smartmon.exit_codes import ExitCode
+from smartmon.exit_codes import ExitCode, fail
 
 MIN_INTERVAL_S = 0.05
-
-
-def _fail(code: ExitCode, message: str) -> typer.Exit:
-    print(f"smartmon simulate: {message}", file=sys.stderr, flush=True)
-    return typer.Exit(int(code))
-
-
-def _check_server_url(server: str) -> None:
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(server)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError as exc:
-        raise _fail(ExitCode.USAGE, f"{server!r} is not a valid server URL: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _fail(ExitCode.USAGE, f"{server!r} is not a valid server URL (want http://host:port)")
 
 
 def simulate(
@@ -75,19 +58,21 @@ def simulate(
 ) -> None:
     """Run a virtual fleet of smart meters and gateways that report like real agents."""
     from smartmon import credentials
-    from smartmon.settings import resolve_server
+    from smartmon.settings import resolve_server, server_url_problem
 
     url = resolve_server(server, credentials.last_server())
-    _check_server_url(url)
+    if (problem := server_url_problem(url)) is not None:
+        fail(problem, ExitCode.USAGE, prog="smartmon simulate")
     access_token: str | None = None
     if not token:
         access_token = os.environ.get("SMARTMON_ACCESS_TOKEN") or None
         if access_token is None:
             login = credentials.load(url)
             if login is None:
-                raise _fail(
-                    ExitCode.AUTH,
+                fail(
                     f"not logged in to {url}: pass --token, or run `smartmon login --server {url}`",
+                    ExitCode.AUTH,
+                    prog="smartmon simulate",
                 )
             access_token = login.token
     if seed is None:
@@ -128,9 +113,9 @@ def simulate(
     try:
         final = asyncio.run(main())
     except FleetError as exc:
-        raise _fail(exc.code, exc.message) from None
+        fail(exc.message, exc.code, prog="smartmon simulate")
     except KeyboardInterrupt:  # a second Ctrl+C while stopping
         raise typer.Exit(int(ExitCode.OK)) from None
     print(f"simulate: stopped: {final.line()}", file=sys.stderr, flush=True)
     if not final.reached_server:
-        raise _fail(ExitCode.UNREACHABLE, f"never reached the server at {url}")
+        fail(f"never reached the server at {url}", ExitCode.UNREACHABLE, prog="smartmon simulate")

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import enum
 import socket
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from smartmon.exit_codes import ExitCode
-from smartmon.settings import resolve_server, state_dir
+from smartmon.exit_codes import ExitCode, fail
+from smartmon.settings import resolve_server, server_url_problem, state_dir
 
 MIN_INTERVAL_S = 0.2
 MAX_INTERVAL_S = 86_400.0
@@ -23,23 +22,6 @@ class CollectorChoice(enum.StrEnum):
     auto = "auto"
     netlink = "netlink"
     psutil = "psutil"
-
-
-def _fail(code: ExitCode, message: str) -> typer.Exit:
-    print(f"smartmon: {message}", file=sys.stderr, flush=True)
-    return typer.Exit(int(code))
-
-
-def _check_server_url(server: str) -> None:
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(server)
-        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
-    except ValueError as exc:
-        raise _fail(ExitCode.USAGE, f"{server!r} is not a valid server URL: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise _fail(ExitCode.USAGE, f"{server!r} is not a valid server URL (want http://host:port)")
 
 
 def agent(
@@ -128,14 +110,15 @@ def agent(
     Exit codes: 2 usage, 3 unreachable (--once), 4 key revoked or token refused, 6 config.
     """
     if verbose and quiet:
-        raise _fail(ExitCode.USAGE, "choose one of --verbose and --quiet")
+        fail("choose one of --verbose and --quiet", ExitCode.USAGE)
     from smartmon import credentials
 
     server_url = resolve_server(server, credentials.last_server())
-    _check_server_url(server_url)
+    if (problem := server_url_problem(server_url)) is not None:
+        fail(problem, ExitCode.USAGE)
     device_name = (device or socket.gethostname() or "device").strip()[:128]
     if not device_name:
-        raise _fail(ExitCode.USAGE, "the device name is empty")
+        fail("the device name is empty", ExitCode.USAGE)
 
     from smartmon.agent.run import NORMAL, QUIET, VERBOSE, Agent, AgentExit, AgentSettings
 
@@ -154,6 +137,6 @@ def agent(
     try:
         Agent(settings).run()
     except AgentExit as exc:
-        raise _fail(exc.code, exc.message) from None
+        fail(exc.message, exc.code)
     except OSError as exc:
-        raise _fail(ExitCode.ERROR, f"{exc.strerror or exc} ({exc.filename or 'system'})") from None
+        fail(f"{exc.strerror or exc} ({exc.filename or 'system'})", ExitCode.ERROR)

@@ -28,7 +28,7 @@ from smartmon.agent.enroll import DeviceKeys, StoredDevice, enroll, server_slug
 from smartmon.agent.report import agent_info, build_report, compress
 from smartmon.agent.sender import BadAnswer, Refused, Sender, Unreachable
 from smartmon.agent.spool import Spool, SpoolBusy
-from smartmon.exit_codes import ExitCode
+from smartmon.exit_codes import CommandError, ExitCode
 
 QUIET, NORMAL, VERBOSE = -1, 0, 1
 ONCE_ATTEMPTS = 3
@@ -51,13 +51,8 @@ class AgentSettings:
     verbosity: int = NORMAL
 
 
-class AgentExit(Exception):
+class AgentExit(CommandError):
     """The agent stops with a documented exit code and one line saying why."""
-
-    def __init__(self, code: ExitCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
 
 
 class _Stopped(BaseException):
