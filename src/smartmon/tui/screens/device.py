@@ -380,7 +380,7 @@ class DeviceScreen(Screen[None]):
             total = (
                 "no counters"
                 if unknown
-                else f"{human_bytes(sum(values))}/h · peak {human_bytes(max(values, default=0))}"
+                else f"{human_bytes(sum(values))} in 1 h · peak {human_bytes(max(values, default=0))}/report"
             )
             self.query_one(f"#spark-{which}-total", Static).update(total)
 
