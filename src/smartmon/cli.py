@@ -442,7 +442,7 @@ def devices(
 
 def _register_agent() -> None:
     from smartmon.demo_command import demo
-    from smartmon.simulate_command import simulate
+    from smartmon.simulate.command import simulate
     from smartmon.tui.command import tui
 
     app.command("tui")(tui)

@@ -37,7 +37,7 @@ import httpx
 from smartmon import credentials
 from smartmon.client import ApiError, Client, ClientError
 from smartmon.exit_codes import CommandError, ExitCode
-from smartmon.simulate import Fleet, FleetError, FleetStatus
+from smartmon.simulate.fleet import Fleet, FleetError, FleetStatus
 
 DEMO_USERNAME = "demo"
 ACCOUNT_FILE = "demo-account.json"

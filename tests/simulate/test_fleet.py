@@ -14,15 +14,8 @@ import msgspec
 import pytest
 
 from smartmon import wire
-from smartmon.simulate import (
-    FIRMWARE_HOST,
-    DeviceModel,
-    Fleet,
-    FleetError,
-    FleetStatus,
-    Profile,
-    SimDevice,
-)
+from smartmon.simulate.fleet import Fleet, FleetError, FleetStatus, SimDevice
+from smartmon.simulate.model import FIRMWARE_HOST, DeviceModel, Profile
 from tests.conftest import LiveServer
 
 DOC_NETS = [

@@ -83,7 +83,7 @@ def simulate(
     import asyncio
     import signal
 
-    from smartmon.simulate import Fleet, FleetError, FleetStatus
+    from smartmon.simulate.fleet import Fleet, FleetError, FleetStatus
 
     def show(status: FleetStatus) -> None:
         print(f"simulate: {status.line()}", file=sys.stderr, flush=True)
