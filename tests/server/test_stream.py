@@ -243,3 +243,9 @@ def test_a_client_that_falls_behind_gets_a_resync_and_ingest_never_waits(
         sock.close()
     finally:
         server.stop()
+
+
+def test_a_shared_backend_publishes_even_without_local_listeners() -> None:
+    # listeners may be in other server processes: nothing can be skipped
+    assert stream.EventHub(stream.channels_plugin(), shared=True).listening(["user:1"])
+    assert not stream.EventHub(stream.channels_plugin()).listening(["user:1"])

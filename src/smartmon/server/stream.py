@@ -19,7 +19,7 @@ from typing import Any
 
 import msgspec
 from litestar import WebSocket, websocket
-from litestar.channels import ChannelsPlugin, Subscriber
+from litestar.channels import ChannelsBackend, ChannelsPlugin, Subscriber
 from litestar.channels.backends.memory import MemoryChannelsBackend
 from litestar.exceptions import WebSocketDisconnect
 
@@ -60,10 +60,10 @@ class FlaggingSubscriber(Subscriber):
         self.overflowed = False
 
 
-def channels_plugin() -> ChannelsPlugin:
-    """The pub/sub behind EventHub."""
+def channels_plugin(backend: ChannelsBackend | None = None) -> ChannelsPlugin:
+    """The pub/sub behind EventHub: in memory (one process), or a shared backend."""
     return ChannelsPlugin(
-        backend=MemoryChannelsBackend(),
+        backend=backend or MemoryChannelsBackend(),
         arbitrary_channels_allowed=True,
         subscriber_max_backlog=CLIENT_BACKLOG,
         subscriber_backlog_strategy="backoff",
@@ -74,15 +74,18 @@ def channels_plugin() -> ChannelsPlugin:
 class EventHub:
     """Publish events to channels; subscribe clients to channels."""
 
-    def __init__(self, plugin: ChannelsPlugin) -> None:
+    def __init__(self, plugin: ChannelsPlugin, *, shared: bool = False) -> None:
         self._plugin = plugin
+        # with a shared backend (Redis, PostgreSQL) listeners may sit in other processes,
+        # so every event is published; in memory, events nobody listens to are skipped
+        self._shared = shared
         self._listeners: dict[str, int] = {}
         # device id -> (offline deadline, owner id) for devices currently online
         self._deadlines: dict[int, tuple[float, int]] = {}
 
     def listening(self, channels: Iterable[str]) -> bool:
-        """Whether anyone would receive an event on any of these channels."""
-        return any(self._listeners.get(c) for c in channels)
+        """Whether anyone may receive an event on any of these channels."""
+        return self._shared or any(self._listeners.get(c) for c in channels)
 
     def publish(self, event: api.Event, channels: list[str]) -> None:
         """Send an event to every subscriber of the channels (never blocks)."""
