@@ -24,9 +24,13 @@ DOCUMENT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes, as the test suite runs them")
+    parser.add_argument(
+        "--quick", action="store_true", help="small sizes, as the test suite runs them"
+    )
     parser.add_argument("--only", nargs="*", choices=sorted(BENCHMARKS), help="run only these")
-    parser.add_argument("--no-write", action="store_true", help="print, don't rewrite docs/benchmarks.md")
+    parser.add_argument(
+        "--no-write", action="store_true", help="print, don't rewrite docs/benchmarks.md"
+    )
     args = parser.parse_args()
     sections: list[Section] = []
     for name in args.only or BENCHMARKS:

@@ -178,13 +178,13 @@ class BenchServer:
             self.process.stderr.close()
 
 
-def enroll(url: str, devices: int) -> list[str]:
-    """Register a user, create an enrollment token, enroll devices; their keys."""
+BENCH_USER = {"username": "bench", "password": "bench-password"}
+
+
+def enroll(url: str, devices: int) -> tuple[list[str], str]:
+    """Register the bench user, enroll devices; their keys and the user's access token."""
     with httpx.Client(base_url=url, timeout=30) as http:
-        r = http.post(
-            "/api/auth/register", json={"username": "bench", "password": "bench-password"}
-        )
-        token = r.json()["accessToken"]
+        token = http.post("/api/auth/register", json=BENCH_USER).json()["accessToken"]
         r = http.post(
             "/api/tokens", json={"name": "bench"}, headers={"authorization": f"Bearer {token}"}
         )
@@ -197,7 +197,7 @@ def enroll(url: str, devices: int) -> list[str]:
                 headers={"authorization": f"Bearer {enrollment}"},
             )
             keys.append(r.json()["deviceKey"])
-    return keys
+    return keys, token
 
 
 def run(plan: Plan) -> dict[str, Any]:
@@ -206,7 +206,7 @@ def run(plan: Plan) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="smartmon-bench-") as tmp:
         server = BenchServer(Path(tmp) / "data")
         try:
-            keys = enroll(server.url, plan.devices)
+            keys, _ = enroll(server.url, plan.devices)
             traffic = [DeviceTraffic(i, rng) for i in range(plan.devices)]
             headers = [
                 {

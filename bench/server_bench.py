@@ -148,11 +148,7 @@ def run(devices: int, rounds: int, samples: int) -> dict[str, dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="smartmon-bench-") as tmp:
         server = BenchServer(Path(tmp) / "data")
         try:
-            keys = enroll(server.url, devices)
-            token = httpx.post(
-                server.url + "/api/auth/login",
-                json={"username": "bench", "password": "bench-password"},
-            ).json()["accessToken"]
+            keys, token = enroll(server.url, devices)
 
             async def scenario() -> dict[str, dict[str, float]]:
                 traffic = await _populate(server.url, keys)

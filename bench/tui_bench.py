@@ -227,11 +227,7 @@ async def measure_post_to_screen(devices: int, samples: int) -> dict[str, list[f
     with tempfile.TemporaryDirectory(prefix="smartmon-bench-") as tmp:
         server = BenchServer(Path(tmp) / "data")
         try:
-            keys = enroll(server.url, devices)
-            token = httpx.post(
-                server.url + "/api/auth/login",
-                json={"username": "bench", "password": "bench-password"},
-            ).json()["accessToken"]
+            keys, token = enroll(server.url, devices)
             rng = random.Random(3)
             traffic = [DeviceTraffic(i, rng) for i in range(devices)]
             gzip_json = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
