@@ -17,17 +17,6 @@ import pytest
 
 from tests.conftest import ADMIN_PASSWORD, free_port
 
-
-def agent_available() -> bool:
-    done = subprocess.run(
-        [sys.executable, "-m", "smartmon", "agent", "--help"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    return done.returncode == 0
-
-
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux"),
@@ -83,8 +72,6 @@ def smartmon(*args: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
 
 
 def test_tui_shows_the_real_agents_device_and_connections(tmux: Tmux, tmp_path: Path) -> None:
-    if not agent_available():
-        pytest.skip("`smartmon agent` is not available in this build yet")
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     logs = tmp_path / "logs"
