@@ -56,6 +56,24 @@ def test_tcp_counters_match_the_bytes_moved(owned: Sockets, netlink: Collector, 
     assert sent.source_ip == host and sent.dest_port == listener.getsockname()[1]
 
 
+def test_counters_follow_traffic_across_polls_and_reports_stay_as_they_were(
+    owned: Sockets, netlink: Collector
+) -> None:
+    _listener, client, server = owned.pair()
+    key = key_of(client)
+    move_bytes(client, server, 1_000)
+    first = _poll(netlink)[key]
+    quiet = _poll(netlink)[key]
+    move_bytes(client, server, 2_500)
+    moved = _poll(netlink)[key]
+
+    assert first.bytes_out == quiet.bytes_out == 1_000  # nothing moved: same figures
+    assert moved.bytes_out == 3_500 and moved.packets_out and quiet.packets_out
+    assert moved.packets_out > quiet.packets_out
+    # what an earlier poll returned is never changed afterwards
+    assert (first.bytes_out, quiet.bytes_out) == (1_000, 1_000)
+
+
 def test_ipv6_listener_is_reported_with_family_6(owned: Sockets, netlink: Collector) -> None:
     listener = owned.listener("::1")
     key = key_of(listener)

@@ -175,9 +175,27 @@ class NetlinkCollector:
                         raise NetlinkUnavailable(errno, os.strerror(errno))
                     offset += (length + 3) & ~3
                     continue
+                counted = tcp and state not in _WITHOUT_TCP_INFO
+                counters = None  # (len, type, ..., received, segs_out, segs_in, sent)
+                if counted and info_at and offset + info_at + TCP_INFO_WITH_SENT.size <= end:
+                    counters = with_sent(data, offset + info_at)
+                    if counters[1] != INET_DIAG_INFO or counters[0] < TCP_INFO_WITH_SENT.size:
+                        counters = None
                 entry = previous.get(cookie)
                 if entry is not None and entry[0] == state and entry[1] == inode:
-                    connection = _copy(entry[2])
+                    # a socket seen before: shared as it is while its counters stay put
+                    # (nothing mutates a reported connection), copied when they moved
+                    connection = entry[2]
+                    stale = counted and (
+                        counters is None
+                        or connection.bytes_in != counters[3]
+                        or connection.bytes_out != counters[6]
+                        or connection.packets_in != counters[5]
+                        or connection.packets_out != counters[4]
+                    )
+                    if stale:
+                        connection = _copy(connection)
+                        entry = (state, inode, connection, entry[3])
                 else:
                     parsed = connection_from(
                         data, offset + NLMSGHDR_SIZE, protocol, diag.address_text
@@ -190,16 +208,10 @@ class NetlinkCollector:
                     entry = (state, inode, connection, held)
                     if inode:
                         fresh.append((inode, connection))
+                    stale = counted
                 known[cookie] = entry
-                if tcp and state not in _WITHOUT_TCP_INFO:
-                    at = offset + info_at
-                    if (
-                        info_at
-                        and at + TCP_INFO_WITH_SENT.size <= end
-                        and (counters := with_sent(data, at))[1] == INET_DIAG_INFO
-                        and counters[0] >= TCP_INFO_WITH_SENT.size
-                    ):
-                        # received, sent, segs_in, segs_out
+                if stale:
+                    if counters is not None:
                         connection.bytes_in = counters[3]
                         connection.bytes_out = counters[6]
                         connection.packets_in = counters[5]
