@@ -200,13 +200,39 @@ def enroll(url: str, devices: int) -> tuple[list[str], str]:
     return keys, token
 
 
+def simulated_fleet(url: str, keys: list[str], total: int) -> tuple[list[bytes], float]:
+    """Requests from `smartmon simulate`'s device models (meters and gateways, outages and
+    all), one report per online device in turn; and their mean connections per report."""
+    from smartmon.simulate.model import DeviceModel
+
+    models = [DeviceModel(i, seed=7, interval_s=10) for i in range(len(keys))]
+    requests: list[bytes] = []
+    connections = 0
+    while len(requests) < total + len(keys):
+        for model, key in zip(models, keys, strict=True):
+            report = model.tick()
+            if report is None:  # offline for a while: it sends nothing
+                continue
+            connections += len(report.connections)
+            body = gzip.compress(wire.encode(report), compresslevel=6)
+            headers = {
+                "Authorization": f"Bearer {key}",
+                "Content-Type": "application/json",
+                "Content-Encoding": "gzip",
+            }
+            requests.append(build_request(url, INGEST_PATH, body, headers))
+    return requests[: total + len(keys)], connections / len(requests)
+
+
 def run(plan: Plan) -> dict[str, Any]:
     """Run the benchmark; returns rows and ratios."""
     rng = random.Random(7)
     with tempfile.TemporaryDirectory(prefix="smartmon-bench-") as tmp:
         server = BenchServer(Path(tmp) / "data")
         try:
-            keys, _ = enroll(server.url, plan.devices)
+            # the first half report DeviceTraffic, the second half smartmon simulate's models
+            all_keys, _ = enroll(server.url, 2 * plan.devices)
+            keys, simulated_keys = all_keys[: plan.devices], all_keys[plan.devices :]
             traffic = [DeviceTraffic(i, rng) for i in range(plan.devices)]
             headers = [
                 {
@@ -236,6 +262,7 @@ def run(plan: Plan) -> dict[str, Any]:
                 build_request(server.url, TRIVIAL_PATH, b, headers[i % plan.devices])
                 for i, b in enumerate(bodies)
             ]
+            fleet, fleet_connections = simulated_fleet(server.url, simulated_keys, plan.requests)
 
             async def scenario() -> dict[str, Any]:
                 await run_load(
@@ -256,6 +283,16 @@ def run(plan: Plan) -> dict[str, Any]:
                     connections=plan.connections,
                     total=len(trivial),
                 )
+                await run_load(
+                    server.url,
+                    fleet.__getitem__,
+                    connections=plan.connections,
+                    total=len(simulated_keys),
+                )
+                simulated = await run_load(
+                    server.url, (lambda i: fleet[len(simulated_keys) + i]), connections=plan.connections,
+                    total=len(fleet) - len(simulated_keys),
+                )  # fmt: skip
                 half_rate = full.rate / 2
                 half = await run_load(
                     server.url,
@@ -271,14 +308,22 @@ def run(plan: Plan) -> dict[str, Any]:
                         summary("ingest, closed loop", full),
                         summary("trivial POST (ceiling), run 2", ceiling_b),
                         summary(f"ingest paced at {half_rate:.0f}/s (half)", half),
+                        summary(
+                            "ingest, simulated fleet (smartmon simulate), closed loop", simulated
+                        ),
                     ],
+                    "simulated_rate": simulated.rate,
+                    "simulated_connections_per_report": fleet_connections,
                     "ingest_rate": full.rate,
                     "ceiling_rate": ceiling_rate,
                     "ratio": ratio(full.rate, ceiling_rate),
                     "connection_updates_per_s": round(full.rate * 50),
                     "half_load_p99_ms": round(half.percentile(99), 2),
                     "errors": sum(
-                        n for r in (full, half) for s, n in r.statuses.items() if s != 200
+                        n
+                        for r in (full, half, simulated)
+                        for s, n in r.statuses.items()
+                        if s != 200
                     ),
                 }
 
@@ -300,7 +345,9 @@ def section(quick: bool) -> Section:
         f" connections each over {plan.connections} keep-alive connections (closed loop), then"
         f" half of the measured ingest rate paced (open loop) for the latency figure. The"
         f" baseline is a trivial POST endpoint of the same server process that parses the"
-        f" same bodies (`bench/bench_server.py`).\n\n" + table(result["rows"])
+        f" same bodies (`bench/bench_server.py`). The simulated fleet is `smartmon simulate`'s"
+        f" device model (meters, every tenth a gateway, outages, firmware checks) through the"
+        f" same load generator.\n\n" + table(result["rows"])
     )
     return Section(
         title="Ingest",
