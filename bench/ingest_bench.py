@@ -369,6 +369,14 @@ def section(quick: bool) -> Section:
                 target="(50 per report)",
             ),
             Figure(
+                "ingest throughput, simulated fleet",
+                result["simulated_rate"],
+                "reports/s",
+                "trivial POST",
+                result["ceiling_rate"],
+                f"({result['simulated_connections_per_report']:.0f} connections per report)",
+            ),
+            Figure(
                 "ingest p99 at half load",
                 result["half_load_p99_ms"],
                 "ms",
