@@ -25,6 +25,7 @@ import uvicorn
 
 from smartmon.server.app import create_app
 from smartmon.settings import ServerSettings
+from tests.terminal import Tmux
 
 ADMIN_PASSWORD = "admin-password-1"
 USER_PASSWORD = "user-password-1"
@@ -168,3 +169,13 @@ def live_server(server_settings: ServerSettings) -> Iterator[LiveServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def tmux() -> Iterator[Tmux]:
+    """A private tmux server (its own socket) for a test in a real terminal."""
+    terminal = Tmux()
+    try:
+        yield terminal
+    finally:
+        terminal.kill()

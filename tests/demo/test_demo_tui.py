@@ -4,56 +4,15 @@ from __future__ import annotations
 
 import os
 import shlex
-import shutil
-import subprocess
 import sys
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
-import pytest
 
-pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
+from tests.terminal import Tmux, needs_tmux
 
-
-class Tmux:
-    """A private tmux server (its own socket) with one window."""
-
-    def __init__(self) -> None:
-        self.socket = f"smartmon-test-{uuid.uuid4().hex[:8]}"
-
-    def run(self, *args: str) -> str:
-        done = subprocess.run(
-            ["tmux", "-L", self.socket, *args], capture_output=True, text=True, timeout=10
-        )
-        assert done.returncode == 0, done.stderr
-        return done.stdout
-
-    def screen(self) -> str:
-        return self.run("capture-pane", "-p")
-
-    def wait_for(self, text: str, timeout: float = 45) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            screen = self.screen()
-            if text in screen:
-                return screen
-            assert time.monotonic() < deadline, screen
-            time.sleep(0.2)
-
-    def kill(self) -> None:
-        subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=10)
-
-
-@pytest.fixture
-def tmux() -> Iterator[Tmux]:
-    terminal = Tmux()
-    try:
-        yield terminal
-    finally:
-        terminal.kill()
+pytestmark = needs_tmux
 
 
 def test_quitting_the_dashboard_stops_everything(tmux: Tmux, tmp_path: Path) -> None:
