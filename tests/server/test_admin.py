@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import USER_PASSWORD, LiveServer
-from tests.server.conftest import assert_error, login, snapshot
+from tests.server.conftest import assert_error, conn, login, report, snapshot
 
 
 def me(server: LiveServer, token: str) -> dict[str, Any]:
@@ -163,3 +163,28 @@ def test_patch_validation(shared_server: LiveServer, body: dict[str, Any], field
         shared_server.request("PATCH", f"/api/users/{admin_id}", admin, json=body), 422, field
     )
     assert snapshot(shared_server.data_dir) == before
+
+
+def test_disabling_a_user_stops_their_devices_reporting_until_enabled(
+    live_server: LiveServer,
+) -> None:
+    token = live_server.user_token("carol")
+    _device_id, key = live_server.enroll("carol-meter", token)
+    first = live_server.request(
+        "POST", "/api/monitor/connections", key, json=report([conn()], seq=1)
+    )
+    assert first.status_code == 200
+    users = live_server.request("GET", "/api/users", live_server.admin_token).json()
+    carol = next(u for u in users if u["username"] == "carol")
+    for disabled, status in ((True, 401), (False, 200)):
+        r = live_server.request(
+            "PATCH",
+            f"/api/users/{carol['id']}",
+            live_server.admin_token,
+            json={"disabled": disabled},
+        )
+        assert r.status_code == 200
+        again = live_server.request(
+            "POST", "/api/monitor/connections", key, json=report([conn()], seq=2)
+        )
+        assert again.status_code == status, again.text

@@ -59,6 +59,11 @@ class ServerState:
         if key_hash is not None:
             self.device_keys.pop(key_hash, None)
 
+    def forget_all_keys(self) -> None:
+        """Every device key is looked up again (after an account was disabled)."""
+        self.key_generation += 1
+        self.device_keys.clear()
+
 
 def server_state(state: State) -> ServerState:
     """Dependency: the ServerState of the app."""

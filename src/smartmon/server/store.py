@@ -256,8 +256,12 @@ def enroll_device(
 
 
 async def device_for_key(db: Database, key_hash: bytes) -> int | None:
-    """The device a key belongs to, if the key is current."""
-    row = await db.fetchone("SELECT id FROM devices WHERE key_hash = ?", (key_hash,))
+    """The device a key belongs to, if the key is current and its owner not disabled."""
+    row = await db.fetchone(
+        "SELECT d.id FROM devices d JOIN users u ON u.id = d.user_id"
+        " WHERE d.key_hash = ? AND u.disabled = 0",
+        (key_hash,),
+    )
     return int(row[0]) if row else None
 
 

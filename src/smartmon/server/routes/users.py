@@ -52,6 +52,8 @@ async def update_user(
         store.update_user(conn, user_id, data.role, data.disabled)
 
     await server.db.write(change)
+    if data.disabled:  # the account's device keys stop working at once, like its tokens
+        server.forget_all_keys()
     updated = await store.user_by_id(server.db, user_id)
     assert updated is not None
     return updated.out()
