@@ -169,17 +169,8 @@ class _Calls:
         return Call("DELETE", f"/api/dashboard/user/{device_id}", token=token)
 
     @staticmethod
-    def revoke_device(token: str, device_id: int) -> Call:
-        return Call("POST", f"/api/devices/{device_id}/revoke", token=token)
-
-    @staticmethod
     def list_users(token: str) -> Call:
         return Call("GET", "/api/users", token=token)
-
-    @staticmethod
-    def create_user(token: str, username: str, password: str, role: str) -> Call:
-        body = {"username": username, "password": password, "role": role}
-        return Call("POST", "/api/users", json=body, token=token)
 
     @staticmethod
     def update_user(token: str, user_id: int, changes: Mapping[str, Any]) -> Call:

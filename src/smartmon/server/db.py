@@ -14,7 +14,7 @@ import itertools
 import logging
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -472,13 +472,3 @@ def _runs(batch: list[_Pending]) -> list[tuple[str | None, list[_Pending]]]:
         else:
             runs.append((pending.group, [pending]))
     return runs
-
-
-@contextlib.asynccontextmanager
-async def opened(path: Path) -> AsyncIterator[Database]:
-    """Open the database for the length of a block."""
-    db = await Database.open(path)
-    try:
-        yield db
-    finally:
-        await db.close()

@@ -102,8 +102,7 @@ def insert_user(
     if conn.execute("SELECT 1 FROM users WHERE username = ?", (username,)).fetchone() is not None:
         raise ApiError(409, f"the username {username!r} is taken", field="username")
     if role is None:
-        row = conn.execute("SELECT count(*) FROM users").fetchone()
-        role = "admin" if row is not None and row[0] == 0 else "user"
+        role = "admin" if count_users(conn) == 0 else "user"
     now = time.time()
     cursor = conn.execute(
         "INSERT INTO users (username, email, password_hash, role, created_at) VALUES (?, ?, ?, ?, ?)",

@@ -37,6 +37,7 @@ STATS_EVERY_S = 1.0
 OFFLINE_TICK_S = 1.0
 MAX_SUBSCRIPTIONS = 100
 CLOSE_UNAUTHORIZED = 4401
+DEVICE_EVENT_PREFIX = b'{"type":"device'  # device and device_removed
 
 
 class FlaggingSubscriber(Subscriber):
@@ -223,7 +224,11 @@ class _Client:
         """Forward events from the hub; after an overflow, a resync instead of the backlog."""
         async for payload in subscriber.iter_events():
             if not subscriber.overflowed:
-                event = api.decode_event(payload)
+                # only device events change this client's fleet view; msgspec writes the tag
+                # first, so large connection events are forwarded without being decoded
+                event = (
+                    api.decode_event(payload) if payload.startswith(DEVICE_EVENT_PREFIX) else None
+                )
                 if isinstance(event, api.DeviceEvent):
                     self.devices[event.device.id] = event.device
                     self.stats_dirty = True
